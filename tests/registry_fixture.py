@@ -55,9 +55,15 @@ def _registry_config(storage: Path, port: int) -> str:
     )
 
 
+@dataclass(frozen=True)
+class RunningRegistry:
+    host: str  # 127.0.0.1:PORT
+    pid: int
+
+
 @contextmanager
-def run_registry(workdir: Path) -> Iterator[str]:
-    """Run docker-registry on loopback; yield ``127.0.0.1:PORT``; stop it by its pid."""
+def run_registry(workdir: Path) -> Iterator[RunningRegistry]:
+    """Run docker-registry on loopback; stop it by its pid when the block ends."""
     storage = workdir / "registry-storage"
     storage.mkdir()
     for _ in range(3):  # the free port may be taken between probe and bind: try again
@@ -71,7 +77,7 @@ def run_registry(workdir: Path) -> Iterator[str]:
             )
         try:
             if _wait_until_up(process, f"http://127.0.0.1:{port}/v2/"):
-                yield f"127.0.0.1:{port}"
+                yield RunningRegistry(f"127.0.0.1:{port}", process.pid)
                 return
         finally:
             if process.poll() is None:

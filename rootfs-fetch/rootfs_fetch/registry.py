@@ -694,9 +694,10 @@ def _fetch_blob(session: _Session, layout: _Layout, descriptor: Descriptor,
             progress(digest, size, size)
         return
     partial = layout.partial_path(digest)
+    got = ""
     for attempt in range(1, BLOB_ATTEMPTS + 1):
         try:
-            _download_into(session, partial, descriptor, progress)
+            got = _download_into(session, partial, descriptor, progress)
             break
         except _Interrupted as exc:
             log.info("blob %s: %s (attempt %d of %d)", digest, exc, attempt, BLOB_ATTEMPTS)
@@ -705,7 +706,6 @@ def _fetch_blob(session: _Session, layout: _Layout, descriptor: Descriptor,
                     f"blob {digest}: {exc} after {BLOB_ATTEMPTS} attempts",
                     hint="run the pull again: it resumes from the partial download",
                 ) from None
-    got = _hash_file(partial, digest)
     if got != digest:
         partial.unlink()
         raise RegistryError(f"blob {digest}: digest mismatch (got {got})")
@@ -713,19 +713,24 @@ def _fetch_blob(session: _Session, layout: _Layout, descriptor: Descriptor,
 
 
 def _download_into(session: _Session, partial: Path, descriptor: Descriptor,
-                   progress: ProgressCallback | None) -> None:
-    """One GET of the blob into *partial*, from where an earlier attempt stopped."""
+                   progress: ProgressCallback | None) -> str:
+    """One GET of the blob into *partial*, from where an earlier attempt stopped.
+
+    Returns the digest of what *partial* holds when complete. The hash is computed while
+    the body streams in; on a resume its state is first rebuilt from the bytes already
+    in *partial* (hash objects cannot be saved between runs).
+    """
     digest, size = descriptor.digest, descriptor.size
     what = f"blob {digest}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(partial, flags, 0o644)
-    with open(fd, "wb") as out:  # an fd: "wb" does not truncate
+    with open(fd, "r+b") as out:
         have = os.fstat(out.fileno()).st_size
         if have > size:
             have = 0
-        headers = {"Range": f"bytes={have}-"} if 0 < have < size else {}
-        if have == size:
-            return  # complete already; the digest check decides
+        if have == size and size > 0:
+            return _hash_file(partial, digest)  # complete already; the caller checks it
+        headers = {"Range": f"bytes={have}-"} if have else {}
         conn, response = session.get(
             f"/v2/{session.ref.repository}/blobs/{digest}", what, headers, follow=True
         )
@@ -735,10 +740,15 @@ def _download_into(session: _Session, partial: Path, descriptor: Descriptor,
                 out.truncate(0)
                 raise _Interrupted(f"the server refused to resume at {have}; starting again")
             out.truncate(start)
+            hasher = _new_hash(digest)
+            out.seek(0)
+            while start and (chunk := out.read(min(CHUNK, start - out.tell()))):
+                hasher.update(chunk)
             out.seek(start)
-            _stream(response, out, start, size, what, digest, progress)
+            _stream(response, out, hasher, start, size, what, digest, progress)
         finally:
             conn.close()
+    return f"{digest.partition(':')[0]}:{hasher.hexdigest()}"
 
 
 def _resume_offset(session: _Session, response: http.client.HTTPResponse, have: int,
@@ -762,8 +772,8 @@ def _resume_offset(session: _Session, response: http.client.HTTPResponse, have: 
     raise session.fail(what, f"unexpected status {response.status}")
 
 
-def _stream(response: http.client.HTTPResponse, out: IO[bytes], start: int, size: int,
-            what: str, digest: str, progress: ProgressCallback | None) -> None:
+def _stream(response: http.client.HTTPResponse, out: IO[bytes], hasher: Any, start: int,
+            size: int, what: str, digest: str, progress: ProgressCallback | None) -> None:
     import http.client
 
     done = start
@@ -775,6 +785,7 @@ def _stream(response: http.client.HTTPResponse, out: IO[bytes], start: int, size
             if done > size:
                 raise RegistryError(f"{what}: larger than the {size} bytes of its descriptor")
             out.write(chunk)
+            hasher.update(chunk)
             if progress:
                 progress(digest, done, size)
     except (OSError, http.client.HTTPException) as exc:
