@@ -322,6 +322,12 @@ class _Handler(BaseHTTPRequestHandler):
         registry, script = self.registry, self.registry.script
         headers = {k.lower(): v for k, v in self.headers.items()}
         registry.note(self.path, headers)
+        if self.path.startswith("/moved"):  # a realm that redirects elsewhere
+            self.send_response(307)
+            self.send_header("Location", "/token")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if self.path.startswith("/token"):
             return self._json(200, {"token": script.token, "expires_in": 300})
         if self.path.startswith("/storage/"):

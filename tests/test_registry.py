@@ -356,6 +356,16 @@ def test_bearer_realm_on_another_plain_http_host_is_refused(small_layout: Path,
     assert "token realm: refusing plain http to a non-loopback host" in str(caught.value)
 
 
+def test_token_realm_redirect_is_not_followed(small_layout: Path, out: Path) -> None:
+    with ScriptedRegistry(small_layout, Script(bearer=True)) as server:
+        server.script.realm = f"http://{server.host}/moved"
+        with pytest.raises(RegistryError) as caught:
+            pull(f"{server.host}/test/busybox", out, insecure_http=True)
+    assert str(caught.value) == (
+        f"registry {server.host}: API check: token realm: GET http://{server.host}/moved: 307")
+    assert server.seen.paths("/token") == []
+
+
 def test_basic_auth_from_a_docker_config_file(small_layout: Path, out: Path) -> None:
     config = out.parent / "config.json"
     with ScriptedRegistry(small_layout, Script(basic=("bob", "s3cret"))) as server:
@@ -506,6 +516,24 @@ def test_pinned_digest_must_match_the_content(small_layout: Path, out: Path) -> 
 
 # ----------------------------------------------------------------------------------------
 # Progress
+
+
+def test_rich_progress_on_a_terminal() -> None:
+    main, side = os.openpty()
+    try:
+        with open(side, "w", closefd=False) as terminal:
+            printer = ProgressPrinter(terminal)
+            assert printer.fancy
+            digest = "sha256:" + "e" * 64
+            for done in (0, 5000, 10_000):
+                printer(digest, done, 10_000)
+            printer.close()
+        shown = os.read(main, 65536).decode(errors="replace")
+    finally:
+        os.close(main)
+        os.close(side)
+    assert "sha256:eeeeeeeeeeee" in shown
+    assert "10.0 kB" in shown or "10.0/10.0 kB" in shown
 
 
 def test_plain_progress_lines() -> None:
