@@ -19,6 +19,7 @@ import io
 import json
 import os
 import socket
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -220,6 +221,26 @@ def skopeo_push(layout: Path, registry: str, repository: str, *, tag: str = "lat
 # A scripted registry
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1; trust it with SSL_CERT_FILE=cert."""
+
+    cert: Path
+    key: Path
+
+
+def make_certificate(directory: Path) -> TlsFiles:
+    files = TlsFiles(directory / "cert.pem", directory / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(files.key), "-out", str(files.cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return files
+
+
 @dataclass
 class Script:
     """How :class:`ScriptedRegistry` behaves; tests change it between pulls."""
@@ -252,7 +273,8 @@ class ScriptedRegistry:
     Every repository name serves the same layout; tags are the layout's ref names.
     """
 
-    def __init__(self, layout: Path, script: Script | None = None) -> None:
+    def __init__(self, layout: Path, script: Script | None = None,
+                 tls: TlsFiles | None = None) -> None:
         self.layout = layout
         self.script = script or Script()
         self.seen = Seen()
@@ -263,12 +285,22 @@ class ScriptedRegistry:
         self.server.daemon_threads = False
         self.server.block_on_close = True
         self.port = int(self.server.server_address[1])
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.cert, tls.key)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, name="scripted",
                                        kwargs={"poll_interval": 0.05})
 
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}"
 
     def __enter__(self) -> ScriptedRegistry:
         self.thread.start()
@@ -352,7 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorised(self, headers: dict[str, str]) -> bool:
         script = self.registry.script
         if script.bearer and headers.get("authorization") != f"Bearer {script.token}":
-            realm = script.realm or f"http://{self.registry.host}/token"
+            realm = script.realm or f"{self.registry.url}/token"
             challenge = (f'Bearer realm="{realm}",service="scripted",'
                          f'scope="repository:test/busybox:pull"')
             self._error(401, "UNAUTHORIZED", {"WWW-Authenticate": challenge})

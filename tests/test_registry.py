@@ -36,8 +36,10 @@ from registry_fixture import (  # noqa: E402
     Image,
     Script,
     ScriptedRegistry,
+    TlsFiles,
     build_layout,
     free_port,
+    make_certificate,
     run_registry,
     skopeo,
     skopeo_push,
@@ -123,6 +125,10 @@ def _manifest_of(layout: Path) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads(
         _blob(layout, index["manifests"][0]["digest"]).read_text())
     return manifest
+
+
+def _manifest_digest(layout: Path) -> str:
+    return str(json.loads((layout / "index.json").read_text())["manifests"][0]["digest"])
 
 
 def _blob(layout: Path, digest: str) -> Path:
@@ -387,6 +393,67 @@ def test_docker_hub_credentials_keys() -> None:
         assert registry.load_credentials("quay.io", config) is None
     finally:
         shutil.rmtree(config.parent)
+
+
+# ----------------------------------------------------------------------------------------
+# HTTPS (scripted registry with a self-signed certificate for 127.0.0.1)
+
+
+@pytest.fixture(scope="module")
+def tls(module_dir: Path) -> TlsFiles:
+    return make_certificate(module_dir)
+
+
+@pytest.fixture()
+def trusted(tls: TlsFiles, monkeypatch: pytest.MonkeyPatch) -> TlsFiles:
+    """Trust the test certificate the way OpenSSL reads it (ssl.create_default_context)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.cert))
+    return tls
+
+
+def test_https_pull_with_a_bearer_token(small_layout: Path, out: Path,
+                                        trusted: TlsFiles) -> None:
+    with ScriptedRegistry(small_layout, Script(bearer=True), tls=trusted) as server:
+        digest = pull(f"{server.host}/test/busybox", out)
+    assert digest == _manifest_digest(small_layout)
+    assert len(server.seen.paths("/token")) == 1
+
+
+def test_https_untrusted_certificate(small_layout: Path, out: Path, tls: TlsFiles,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
+    monkeypatch.setenv("SSL_CERT_DIR", "/nonexistent")
+    with ScriptedRegistry(small_layout, tls=tls) as server, \
+            pytest.raises(RegistryError) as caught:
+        pull(f"{server.host}/test/busybox", out)
+    assert str(caught.value) == (
+        f"registry {server.host}: API check: GET https://{server.host}/v2/: "
+        "TLS certificate not trusted: self-signed certificate")
+
+
+def test_https_registry_naming_an_http_realm_is_refused(small_layout: Path, out: Path,
+                                                        trusted: TlsFiles) -> None:
+    with ScriptedRegistry(small_layout) as plain:
+        script = Script(bearer=True, realm=f"http://{plain.host}/token")
+        with ScriptedRegistry(small_layout, script, tls=trusted) as server, \
+                pytest.raises(RegistryError) as caught:
+            pull(f"{server.host}/test/busybox", out)
+    assert str(caught.value) == (
+        f"registry {server.host}: API check: token realm: refusing to go from https to "
+        f"http (http://{plain.host}/token)")
+    assert plain.seen.requests == []
+
+
+def test_https_blob_redirect_to_http_is_refused(small_layout: Path, out: Path,
+                                                trusted: TlsFiles) -> None:
+    with ScriptedRegistry(small_layout) as plain:
+        script = Script(redirect_blobs_to=plain.url)
+        with ScriptedRegistry(small_layout, script, tls=trusted) as server, \
+                pytest.raises(RegistryError) as caught:
+            pull(f"{server.host}/test/busybox", out)
+    assert "redirect: refusing to go from https to http" in str(caught.value)
+    assert plain.seen.requests == []
+    assert not (out / "index.json").exists()
 
 
 # ----------------------------------------------------------------------------------------

@@ -579,7 +579,12 @@ class _Session:
 
 def _describe_oserror(exc: OSError) -> str:
     import errno
+    import ssl
 
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):  # its errno is an OpenSSL code, not an errno value
+        return f"TLS error: {exc.reason or exc}"
     name = errno.errorcode.get(exc.errno or 0)
     if name:
         return f"{os.strerror(exc.errno or 0).lower()} ({name})"
