@@ -249,7 +249,7 @@ def resources_to_files(resources: Mapping[str, Any], source: str) -> dict[str, s
     files.update(convert.pids(_object(resources, "pids", source)))
     files.update(convert.cpu(_object(resources, "cpu", source)))
     files.update(convert.block_io(_object(resources, "blockIO", source)))
-    files.update(convert.hugepages(resources.get("hugepageLimits"), source))
+    files.update(convert.hugepages(resources.get("hugepageLimits")))
     files.update(convert.rdma(_object(resources, "rdma", source)))
     convert.refuse_network(_object(resources, "network", source))
     files.update(convert.unified(_object(resources, "unified", source)))
@@ -272,12 +272,12 @@ def blkio_weight_to_io_weight(weight: int) -> int:
     return 1 + ((weight - 10) * 9999) // 990
 
 
-def _object(parent: Mapping[str, Any], key: str, source: str, path: str = "") -> _Json:
+def _object(parent: Mapping[str, Any], key: str, source: str) -> _Json:
     value = parent.get(key)
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(source, f"{path or 'linux.resources'}.{key}", "must be an object")
+        raise ConfigError(source, f"linux.resources.{key}", "must be an object")
     return value
 
 
@@ -482,7 +482,7 @@ class _Converter:
         if value is None:
             return []
         if not isinstance(value, list) or not all(isinstance(e, Mapping) for e in value):
-            raise self.error(key, "must be an array of objects")
+            raise self.error(f"blockIO.{key}", "must be an array of objects")
         return value
 
     def device(self, entry: _Json, path: str) -> str:
@@ -492,7 +492,7 @@ class _Converter:
             raise self.error(path, "needs major and minor device numbers >= 0")
         return f"{major}:{minor}"
 
-    def hugepages(self, limits: object, source: str) -> dict[str, str]:
+    def hugepages(self, limits: object) -> dict[str, str]:
         if limits is None:
             return {}
         if not isinstance(limits, list):
@@ -689,7 +689,10 @@ class CgroupManager:
 
     def oom_killed(self) -> bool:
         """True once the kernel's OOM killer has killed a process in this cgroup."""
-        events = _read_keyed(self.path / "memory.events")
+        try:
+            events = _read_keyed(self.path / "memory.events")
+        except FileNotFoundError:
+            return False  # no memory controller here, so no OOM kill of ours either
         return events.get("oom_kill", 0) > 0
 
     def freeze(self, timeout: float = 5.0) -> None:

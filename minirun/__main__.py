@@ -1,0 +1,5 @@
+import sys
+
+from minirun.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""Deciding whether the container gets a cgroup, and wiring the cgroup manager in.
+
+On a host without usable cgroup v2 controllers (cgroup v1 or hybrid mode), a config that asks
+for no limits runs without a cgroup after one warning; one that asks for limits, or the
+``cgroups`` stage itself, is refused with the reason and the remedy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from minirun.runtime import Hooks
+from minirun.spec import Spec
+from minirun.stages import Stage
+
+log = logging.getLogger(__name__)
+
+
+def asks_for_limits(resources: dict[str, Any]) -> bool:
+    """Whether ``linux.resources`` sets any limit (device rules alone are not limits)."""
+    return any(value not in (None, {}, []) for key, value in resources.items()
+               if key != "devices")
+
+
+def hooks_for(spec: Spec, stage: Stage, container_id: str) -> Hooks:
+    if not stage.has(Stage.CGROUPS):
+        return Hooks()
+    from minirun.isolation import cgroups
+
+    host = cgroups.probe()
+    files = cgroups.resources_to_files(spec.resources, spec.file)
+    usable = host.mode is cgroups.CgroupMode.UNIFIED
+    if stage is Stage.CGROUPS or asks_for_limits(spec.resources):
+        cgroups.require(host, cgroups.controllers_needed(files))
+    elif not usable:
+        log.warning("no cgroup for this container (it asks for no limits): %s",
+                    host.describe())
+        return Hooks()
+    return _manager_hooks(spec, container_id, files)
+
+
+def _manager_hooks(spec: Spec, container_id: str, files: dict[str, str]) -> Hooks:
+    from minirun.isolation import cgroups
+
+    manager = cgroups.CgroupManager.for_container(cgroups.CGROUP_ROOT, spec.cgroups_path,
+                                                  container_id, spec.file)
+    state: dict[str, int] = {}
+
+    def place(pid: int) -> None:
+        manager.create(files)
+        state["guard"] = cgroups.guard(manager)
+        manager.add(pid)
+
+    def cleanup() -> None:
+        manager.destroy()
+        if "guard" in state:
+            cgroups.disarm(state["guard"])
+
+    return Hooks(place=place, cleanup=cleanup, oom_killed=manager.oom_killed)

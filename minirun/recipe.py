@@ -1,0 +1,362 @@
+"""The container set-up as one flat, ordered list of steps, built from config.json and a stage.
+
+``minirun run`` executes the list and ``minirun run --explain`` prints it, so the teaching view
+cannot drift from what runs. A step says which system call it makes, with what arguments, and
+which stage introduced it. Fields of the config that the chosen stage leaves out are listed
+with the stage that would apply them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from minirun.errors import ConfigError, MiniRunError, UnsupportedError
+from minirun.isolation import devices, mounts, network, paths, process, rootfs, syscalls
+from minirun.isolation.namespaces import Namespace, flag_names
+from minirun.spec import Spec
+from minirun.stages import Stage
+
+# Namespaces each stage may create, in the order history added them.
+_STAGE_NAMESPACES = {
+    Stage.JAIL: {Namespace.MOUNT, Namespace.UTS, Namespace.NETWORK},
+    Stage.NAMESPACES: {Namespace.PID, Namespace.IPC, Namespace.CGROUP, Namespace.USER},
+}
+
+# Mount types whose file system belongs to a namespace the jail stage does not have yet.
+_NAMESPACED_MOUNT_TYPES = {"proc": "pid", "mqueue": "ipc", "cgroup": "cgroup",
+                           "cgroup2": "cgroup"}
+
+# Fields no stage carries out yet. At the oci stage they are refused; earlier stages list
+# them as left out. Remove an entry when its feature lands.
+NOT_YET = {
+    "hooks": "hooks",
+    "linux.seccomp": "seccomp filters",
+    "linux.personality": "personality",
+    "linux.intelRdt": "Intel RDT",
+    "process.apparmorProfile": "AppArmor profiles",
+    "process.selinuxLabel": "SELinux labels",
+    "linux.mountLabel": "SELinux mount labels",
+    "process.ioPriority": "I/O priority",
+    "process.scheduler": "scheduling policy",
+    "linux.timeOffsets": "time namespace offsets",
+}
+
+
+class Context:
+    """What the steps share inside the container process."""
+
+    def __init__(self, error_fd: int) -> None:
+        self.error_fd = error_fd
+        self.root_fd = -1
+        self.env: dict[str, str] = dict(os.environ)
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: Stage
+    text: str
+    action: Callable[[Context], None]
+
+
+@dataclass
+class Recipe:
+    spec: Spec
+    stage: Stage
+    namespaces: frozenset[Namespace]
+    steps: list[Step] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+    def add(self, stage: Stage, text: str, action: Callable[[Context], None]) -> None:
+        self.steps.append(Step(stage, text, action))
+
+    def leave_out(self, what: str, stage: Stage | None) -> None:
+        if stage is None:
+            self.left_out.append(f"{what}: not supported by minirun yet")
+        else:
+            self.left_out.append(f"{what}: applied from stage {stage.label} ({stage.year})")
+
+    def explain(self) -> list[str]:
+        lines = [f"stage {self.stage.label} ({self.stage.year}): {self.stage.summary}"]
+        if self.namespaces:
+            lines.append(f"  {'unshare(' + flag_names(self.namespaces) + ')':<72} "
+                         f"[{_ns_stage(self.namespaces)}]")
+            if Namespace.PID in self.namespaces:
+                lines.append(f"  {'fork() -> pid 1 of the new pid namespace':<72} "
+                             f"[{Stage.NAMESPACES.label}]")
+        for step in self.steps:
+            lines.append(f"  {step.text:<72} [{step.stage.label}]")
+        lines.extend(f"  left out: {item}" for item in self.left_out)
+        return lines
+
+
+def _ns_stage(kinds: frozenset[Namespace]) -> str:
+    late = kinds & _STAGE_NAMESPACES[Stage.NAMESPACES]
+    return Stage.NAMESPACES.label if late else Stage.JAIL.label
+
+
+def build(spec: Spec, stage: Stage) -> Recipe:
+    """Turn ``spec`` into the ordered steps that ``stage`` carries out."""
+    recipe = Recipe(spec, stage, _namespaces(spec, stage))
+    _check_unsupported(spec, stage, recipe)
+    if stage.has(Stage.JAIL):
+        _jail_root(spec, stage, recipe)
+    else:
+        recipe.add(Stage.CHROOT, f"chroot({spec.root})", lambda ctx: rootfs.chroot(spec.root))
+        for item in ("mounts", "hostname", "linux.namespaces"):
+            if spec.raw.get(item) or (item == "linux.namespaces" and spec.namespaces):
+                recipe.leave_out(item, Stage.JAIL)
+    _process(spec, stage, recipe)
+    return recipe
+
+
+def _namespaces(spec: Spec, stage: Stage) -> frozenset[Namespace]:
+    if not stage.has(Stage.JAIL):
+        return frozenset()
+    allowed = set(_STAGE_NAMESPACES[Stage.JAIL])
+    if stage.has(Stage.NAMESPACES):
+        allowed |= _STAGE_NAMESPACES[Stage.NAMESPACES]
+    wanted = {entry.kind for entry in spec.namespaces if entry.path is None}
+    # pivot_root needs a mount namespace of its own, whatever the config says.
+    return frozenset((wanted & allowed) | {Namespace.MOUNT})
+
+
+def _check_unsupported(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+    for dotted, what in NOT_YET.items():
+        value: object = spec.raw
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value:
+            if stage is Stage.OCI:
+                raise UnsupportedError(f"{spec.file}: {dotted}: {what} are not supported by "
+                                       "minirun yet")
+            recipe.leave_out(dotted, None)
+    for entry in spec.namespaces:
+        where = f"linux.namespaces[{entry.index}]"
+        if entry.path is not None:
+            raise UnsupportedError(f"{spec.file}: {where}.path: joining an existing "
+                                   "namespace is not supported by minirun yet")
+        if entry.kind is Namespace.TIME:
+            raise UnsupportedError(f"{spec.file}: {where}.type: time namespaces are not "
+                                   "supported by minirun yet")
+        if entry.kind in _STAGE_NAMESPACES[Stage.NAMESPACES] and not stage.has(
+                Stage.NAMESPACES):
+            recipe.leave_out(f"{where} ({entry.kind.oci_name} namespace)", Stage.NAMESPACES)
+    if spec.process.terminal:
+        raise UnsupportedError(f"{spec.file}: process.terminal: a pseudo-terminal for the "
+                               "container is not supported by minirun yet; set it to false")
+    if (spec.uid_mappings or spec.gid_mappings) and not spec.namespace(Namespace.USER):
+        raise ConfigError(spec.file, "linux.uidMappings",
+                          "id mappings need a user namespace in linux.namespaces")
+    if spec.namespace(Namespace.USER) and stage.has(Stage.NAMESPACES) and not (
+            spec.uid_mappings and spec.gid_mappings):
+        raise ConfigError(spec.file, "linux.uidMappings",
+                          "a user namespace needs uidMappings and gidMappings")
+
+
+def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+    root = spec.root
+    recipe.add(Stage.JAIL, "mount(none -> /, MS_REC|MS_PRIVATE)",
+               lambda ctx: rootfs.make_private())
+    recipe.add(Stage.JAIL, f"mount({root} -> {root}, bind, MS_BIND|MS_REC)",
+               lambda ctx: rootfs.bind_onto_itself(root))
+    recipe.add(Stage.JAIL, f"open({root}, O_PATH|O_DIRECTORY)", lambda ctx: _open_root(ctx, root))
+    for entry in spec.mounts:
+        need = _NAMESPACED_MOUNT_TYPES.get(entry.type or "")
+        if need and not stage.has(Stage.NAMESPACES):
+            recipe.leave_out(f"{entry.where} ({entry.type} on {entry.destination}, needs a "
+                             f"{need} namespace)", Stage.NAMESPACES)
+            continue
+        plan = _mount_plan(spec, entry.index, recipe)
+        if plan is None:
+            continue
+        needs_stage = Stage.NAMESPACES if need else Stage.JAIL
+        recipe.add(needs_stage, plan.describe() + " (mount point inside the rootfs)",
+                   lambda ctx, plan=plan: mounts.perform(plan, ctx.root_fd))
+    if stage.has(Stage.NAMESPACES):
+        recipe.add(Stage.NAMESPACES, f"mount(/dev/X -> /dev/X, bind) for {devices.describe()}",
+                   lambda ctx: devices.populate(ctx.root_fd))
+    recipe.add(Stage.JAIL, f"pivot_root({root}, {root}); umount2(old root, MNT_DETACH)",
+               lambda ctx: _pivot(ctx, root))
+    _oci_filesystem(spec, stage, recipe)
+    namespaces = recipe.namespaces
+    if spec.hostname is not None:
+        if Namespace.UTS in namespaces:
+            name = spec.hostname
+            recipe.add(Stage.JAIL, f"sethostname({name!r})", lambda ctx: syscalls.sethostname(name))
+        else:
+            raise ConfigError(spec.file, "hostname", "setting a hostname needs a uts "
+                                                     "namespace in linux.namespaces")
+    if spec.domainname is not None and Namespace.UTS in namespaces:
+        if stage.has(Stage.OCI):
+            domain = spec.domainname
+            recipe.add(Stage.OCI, f"setdomainname({domain!r})",
+                       lambda ctx: syscalls.setdomainname(domain))
+        else:
+            recipe.leave_out("domainname", Stage.OCI)
+    if Namespace.NETWORK in namespaces:
+        recipe.add(Stage.JAIL, "ioctl(lo, SIOCSIFFLAGS, IFF_UP)", lambda ctx: network.bring_up())
+    if spec.sysctl:
+        if stage.has(Stage.OCI):
+            table = dict(spec.sysctl)
+            recipe.add(Stage.OCI, f"write /proc/sys/... for {', '.join(table)}",
+                       lambda ctx: _sysctl(table))
+        else:
+            recipe.leave_out("linux.sysctl", Stage.OCI)
+
+
+def _mount_plan(spec: Spec, index: int, recipe: Recipe) -> mounts.MountPlan | None:
+    entry = spec.mounts[index]
+    fstype = entry.type
+    if fstype in ("cgroup", "cgroup2"):
+        # The container has no cgroup of its own here (the cgroup manager adds one where
+        # cgroup v2 works); a fresh cgroup2 mount would show the host's tree, so the
+        # container gets an empty read-only directory instead.
+        recipe.left_out.append(f"{entry.where} ({fstype} on {entry.destination}): no cgroup "
+                               "for this container, an empty read-only tmpfs instead")
+        return mounts.plan(entry.destination, "tmpfs", "cgroup", ("ro", "nosuid", "nodev",
+                           "noexec", "size=0k"), entry.where, spec.bundle)
+    if fstype == "sysfs" and Namespace.NETWORK not in recipe.namespaces:
+        # sysfs belongs to the network namespace; without one, bind the host's read-only.
+        options = tuple(o for o in entry.options if o != "rw") + ("rbind", "ro")
+        return mounts.plan(entry.destination, None, "/sys", options, entry.where, spec.bundle)
+    try:
+        return mounts.plan(entry.destination, fstype, entry.source, entry.options,
+                           entry.where, spec.bundle)
+    except ValueError as error:
+        raise ConfigError(spec.file, entry.where, str(error)) from None
+
+
+def _oci_filesystem(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+    fields = {
+        "linux.maskedPaths": spec.masked_paths,
+        "linux.readonlyPaths": spec.readonly_paths,
+        "linux.rootfsPropagation": spec.rootfs_propagation,
+        "root.readonly": spec.root_readonly,
+    }
+    if not stage.has(Stage.OCI):
+        for name, value in fields.items():
+            if value:
+                recipe.leave_out(name, Stage.OCI)
+        return
+    for path in spec.masked_paths:
+        recipe.add(Stage.OCI, f"mount(/dev/null or empty tmpfs -> {path}) (maskedPaths)",
+                   lambda ctx, path=path: mounts.mask(path))
+    for path in spec.readonly_paths:
+        recipe.add(Stage.OCI, f"mount({path} -> {path}, MS_BIND|MS_REC); remount MS_RDONLY",
+                   lambda ctx, path=path: _readonly(path))
+    if spec.rootfs_propagation:
+        mode = spec.rootfs_propagation
+        recipe.add(Stage.OCI, f"mount(none -> /, {mode}) (rootfsPropagation)",
+                   lambda ctx: rootfs.set_propagation(mode))
+    if spec.root_readonly:
+        recipe.add(Stage.OCI, "mount(none -> /, MS_REMOUNT|MS_BIND|MS_RDONLY)",
+                   lambda ctx: rootfs.remount_root_readonly())
+
+
+def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+    proc = spec.process
+    late = stage.has(Stage.NAMESPACES)
+    if late:
+        limits = [(r.type, r.soft, r.hard) for r in proc.rlimits]
+        if limits:
+            recipe.add(Stage.NAMESPACES, "setrlimit(" + ", ".join(
+                f"{name}={soft}/{hard}" for name, soft, hard in limits) + ")",
+                lambda ctx: process.set_rlimits(limits))
+        if proc.oom_score_adj is not None:
+            if stage.has(Stage.OCI):
+                value = proc.oom_score_adj
+                recipe.add(Stage.OCI, f"write /proc/self/oom_score_adj <- {value}",
+                           lambda ctx: process.set_oom_score_adj(value))
+            else:
+                recipe.leave_out("process.oomScoreAdj", Stage.OCI)
+        user = proc.user
+        if user.umask is not None:
+            umask = user.umask
+            recipe.add(Stage.NAMESPACES, f"umask({umask:04o})", lambda ctx: _umask(umask))
+        caps = proc.capabilities if proc.capabilities is not None else {}
+        sets = "; ".join(
+            f"{name}={','.join(c.removeprefix('CAP_') for c in caps.get(name, ())) or '-'}"
+            for name in ("bounding", "effective", "permitted", "inheritable", "ambient"))
+        recipe.add(Stage.NAMESPACES,
+                   f"setgroups({list(user.additional_gids)}); setresgid({user.gid}); "
+                   f"setresuid({user.uid}); capset({sets})",
+                   lambda ctx: process.set_identity(user.uid, user.gid, user.additional_gids,
+                                                    caps))
+        if proc.no_new_privileges:
+            recipe.add(Stage.NAMESPACES, "prctl(PR_SET_NO_NEW_PRIVS, 1)",
+                       lambda ctx: process.set_no_new_privileges())
+        env = dict(item.split("=", 1) for item in proc.env)
+        recipe.add(Stage.NAMESPACES, f"environment <- process.env ({len(env)} variables)",
+                   lambda ctx: _set_env(ctx, env))
+    else:
+        for name, value in (("process.user", proc.user.uid or proc.user.gid
+                             or proc.user.additional_gids or proc.user.umask is not None),
+                            ("process.capabilities", proc.capabilities is not None),
+                            ("process.rlimits", proc.rlimits),
+                            ("process.noNewPrivileges", proc.no_new_privileges),
+                            ("process.env", proc.env)):
+            if value:
+                recipe.leave_out(name, Stage.NAMESPACES)
+    recipe.add(Stage.CHROOT, "close_range(3, ~0) but the error pipe",
+               lambda ctx: syscalls.close_from(3, keep=(ctx.error_fd,)))
+    cwd = proc.cwd
+    recipe.add(Stage.CHROOT, f"chdir({cwd}) (created inside the root if missing)",
+               lambda ctx: _enter_cwd(cwd))
+    args = proc.args
+    recipe.add(Stage.CHROOT, f"execve({args[0]}, {list(args)})",
+               lambda ctx: process.exec_program(args, ctx.env))
+
+
+def _open_root(ctx: Context, root: str) -> None:
+    ctx.root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _pivot(ctx: Context, root: str) -> None:
+    os.close(ctx.root_fd)
+    ctx.root_fd = -1
+    rootfs.pivot(root)
+
+
+def _readonly(path: str) -> None:
+    if os.path.exists(path):
+        mounts.make_readonly(path)
+
+
+def _sysctl(table: dict[str, str]) -> None:
+    for key, value in table.items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as stream:
+                stream.write(value)
+        except OSError as error:
+            raise syscalls.SyscallError("write", f"{path} <- {value!r} (linux.sysctl.{key})",
+                                        error.errno or 0) from None
+
+
+def _umask(value: int) -> None:
+    os.umask(value)
+
+
+def _set_env(ctx: Context, env: dict[str, str]) -> None:
+    ctx.env = env
+
+
+def _enter_cwd(cwd: str) -> None:
+    root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = paths.make_dirs(root_fd, cwd)
+    finally:
+        os.close(root_fd)
+    try:
+        os.fchdir(fd)
+    finally:
+        os.close(fd)
+    try:
+        where = os.getcwd()
+    except OSError:
+        where = ""
+    if not where.startswith("/"):
+        raise MiniRunError(f"process.cwd {cwd}: the working directory is outside the "
+                           "container's root")
