@@ -63,10 +63,15 @@ class RunningRegistry:
 
 
 @contextmanager
-def run_registry(workdir: Path) -> Iterator[RunningRegistry]:
-    """Run docker-registry on loopback; stop it by its pid when the block ends."""
-    storage = workdir / "registry-storage"
-    storage.mkdir()
+def run_registry(workdir: Path, storage: Path | None = None) -> Iterator[RunningRegistry]:
+    """Run docker-registry on loopback; stop it by its pid when the block ends.
+
+    Its config and log go to *workdir*; its storage to *storage* (default: a new
+    directory in *workdir*), which a later run may serve again.
+    """
+    if storage is None:
+        storage = workdir / "registry-storage"
+        storage.mkdir()
     for _ in range(3):  # the free port may be taken between probe and bind: try again
         port = free_port()
         config = workdir / "registry.yml"

@@ -57,12 +57,31 @@ from minirun.errors import ConfigError, UnsupportedError  # noqa: E402
 
 
 @dataclass(frozen=True)
-class Pushed:
-    host: str
-    pid: int
+class Images:
+    """What the module pushed into the registry storage."""
+
+    storage: Path
     busybox: Built
     multi: Built
     docker: Built
+
+
+@dataclass(frozen=True)
+class Pushed:
+    host: str
+    images: Images
+
+    @property
+    def busybox(self) -> Built:
+        return self.images.busybox
+
+    @property
+    def multi(self) -> Built:
+        return self.images.multi
+
+    @property
+    def docker(self) -> Built:
+        return self.images.docker
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +93,8 @@ def module_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def pushed(module_dir: Path) -> Iterator[Pushed]:
-    """docker-registry on loopback with three repositories pushed by skopeo."""
+def images(module_dir: Path) -> Images:
+    """Registry storage holding three repositories, pushed by skopeo once per module."""
     busybox = build_layout(module_dir / "busybox", [
         Image("amd64", {"etc/hello": b"hello from the registry\n"}, with_busybox=True),
     ])
@@ -87,10 +106,33 @@ def pushed(module_dir: Path) -> Iterator[Pushed]:
         skopeo_push(module_dir / "busybox", running.host, "test/busybox")
         skopeo_push(module_dir / "multi", running.host, "test/multi", all_images=True)
         skopeo_push(module_dir / "docker", running.host, "test/docker", docker_format=True)
-        yield Pushed(running.host, running.pid, busybox, multi, docker)
-    # The registry process is gone: its pid no longer names a process of ours.
-    assert not Path(f"/proc/{running.pid}").exists() or \
-        "docker-registry" not in Path(f"/proc/{running.pid}/cmdline").read_text(errors="replace")
+    _assert_gone(running.pid)
+    return Images(module_dir / "registry-storage", busybox, multi, docker)
+
+
+@pytest.fixture()
+def pushed(images: Images) -> Iterator[Pushed]:
+    """docker-registry on loopback serving the module's storage, for one test.
+
+    One process per test (it starts in well under a second) keeps every test free of
+    leftover processes, which the suite checks after each test.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="minirun-registry-run-"))
+    try:
+        with run_registry(workdir, images.storage) as running:
+            yield Pushed(running.host, images)
+        _assert_gone(running.pid)
+    finally:
+        shutil.rmtree(workdir)
+
+
+def _assert_gone(pid: int) -> None:
+    """The registry was waited for: its pid names no process, or a new unrelated one."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return
+    assert b"docker-registry" not in command
 
 
 @pytest.fixture(scope="module")

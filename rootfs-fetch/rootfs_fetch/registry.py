@@ -608,8 +608,7 @@ class _Layout:
         return path.with_name(f".{path.name}.partial")
 
     def prepare(self) -> None:
-        for algorithm in _DIGEST:
-            (self.root / "blobs" / algorithm).mkdir(parents=True, exist_ok=True)
+        (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         _write_atomic(self.root / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
 
     def has_blob(self, descriptor: Descriptor) -> bool:
@@ -631,11 +630,24 @@ class _Layout:
             raise RegistryError(f"blob {digest}: digest mismatch (got "
                                 f"{_hash_bytes(data, digest)})")
         path = self.blob_path(digest)
-        if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        if not path.is_file() or path.read_bytes() != data:
             _write_atomic(path, data)
 
     def add_to_index(self, descriptor: Descriptor) -> None:
         """Add *descriptor* to index.json, replacing an entry with the same ref name."""
+        import fcntl
+
+        # Two pulls into one layout must not lose each other's entry: the read-modify-
+        # write of index.json holds an flock(2) on the layout directory itself.
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._add_to_index_locked(descriptor)
+        finally:
+            os.close(fd)
+
+    def _add_to_index_locked(self, descriptor: Descriptor) -> None:
         index_path = self.root / "index.json"
         manifests: list[Any] = []
         if index_path.exists():
@@ -699,6 +711,7 @@ def _fetch_blob(session: _Session, layout: _Layout, descriptor: Descriptor,
             progress(digest, size, size)
         return
     partial = layout.partial_path(digest)
+    partial.parent.mkdir(exist_ok=True)  # blobs/sha512 is made only when needed
     got = ""
     for attempt in range(1, BLOB_ATTEMPTS + 1):
         try:
@@ -938,32 +951,40 @@ def pull(
     _check_api(session)
 
     what = f"manifest {ref.repository}:{ref.tag}" if ref.tag else f"manifest {ref}"
-    top = _fetch_manifest(session, ref.manifest_ref, None, what)
-    manifest = top
-    if top.media_type in INDEX_TYPES:
-        chosen = _select_platform(session, top, wanted, what)
-        manifest = _fetch_manifest(session, chosen.digest, chosen,
-                                   f"manifest {ref.repository}@{chosen.digest}")
-        if manifest.media_type not in MANIFEST_TYPES:
-            raise session.fail(what, f"the {wanted} entry is not an image manifest")
+    top, manifest = _resolve(session, wanted, what)
 
     for descriptor in _manifest_blobs(session, manifest, what):
         _fetch_blob(session, layout, descriptor, progress)
 
-    if manifest.media_type == DOCKER_MANIFEST:
-        manifest = _to_oci(session, manifest, what)
+    stored = _to_oci(session, manifest, what) if manifest.media_type == DOCKER_MANIFEST \
+        else manifest
 
     # Manifest (and index) blobs after their contents, index.json last: a layout whose
-    # index.json names an image has every blob of it.
-    layout.put_bytes(manifest.digest, manifest.data)
-    if top is not manifest:
-        layout.put_bytes(top.digest, top.data)
+    # index.json names an image has every blob of it. The registry's own documents are
+    # kept too, so every digest they name resolves in the layout.
+    for document in (stored, manifest, top):
+        layout.put_bytes(document.digest, document.data)
     name = ref_name or ref.tag or ref.digest or "latest"
-    platform_seen = _config_platform(layout, manifest) or wanted
-    layout.add_to_index(Descriptor(manifest.media_type, manifest.digest, len(manifest.data),
+    platform_seen = _config_platform(layout, stored) or wanted
+    layout.add_to_index(Descriptor(stored.media_type, stored.digest, len(stored.data),
                                    platform_seen, {REF_NAME: name}))
-    log.info("pulled %s as %s (%s)", ref, name, manifest.digest)
-    return manifest.digest
+    log.info("pulled %s as %s (%s)", ref, name, stored.digest)
+    return stored.digest
+
+
+def _resolve(session: _Session, wanted: Platform, what: str) -> tuple[_Document, _Document]:
+    """(what the reference names, the image manifest for *wanted*): one document twice
+    unless the reference names an index or manifest list."""
+    ref = session.ref
+    top = _fetch_manifest(session, ref.manifest_ref, None, what)
+    if top.media_type not in INDEX_TYPES:
+        return top, top
+    chosen = _select_platform(session, top, wanted, what)
+    manifest = _fetch_manifest(session, chosen.digest, chosen,
+                               f"manifest {ref.repository}@{chosen.digest}")
+    if manifest.media_type not in MANIFEST_TYPES:
+        raise session.fail(what, f"the {wanted} entry is not an image manifest")
+    return top, manifest
 
 
 def _to_oci(session: _Session, manifest: _Document, what: str) -> _Document:
