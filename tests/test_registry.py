@@ -10,6 +10,7 @@ manifests. Layouts that pull writes are checked with skopeo and umoci.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -106,6 +107,8 @@ def images(module_dir: Path) -> Images:
         skopeo_push(module_dir / "busybox", running.host, "test/busybox")
         skopeo_push(module_dir / "multi", running.host, "test/multi", all_images=True)
         skopeo_push(module_dir / "docker", running.host, "test/docker", docker_format=True)
+        skopeo_push(module_dir / "multi", running.host, "test/dockerlist", all_images=True,
+                    docker_format=True)
     _assert_gone(running.pid)
     return Images(module_dir / "registry-storage", busybox, multi, docker)
 
@@ -366,6 +369,37 @@ def test_docker_schema2_is_stored_as_oci(pushed: Pushed, out: Path) -> None:
     assert json.loads(skopeo("inspect", f"oci:{out}:latest"))["Digest"] == digest
 
 
+def test_docker_manifest_list_selects_and_converts(pushed: Pushed, out: Path) -> None:
+    raw_list = skopeo("inspect", "--tls-verify=false", "--raw",
+                      f"docker://{pushed.host}/test/dockerlist:latest")
+    listed = json.loads(raw_list)
+    assert listed["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    arm64 = next(m for m in listed["manifests"] if m["platform"]["architecture"] == "arm64")
+
+    digest = pull(f"{pushed.host}/test/dockerlist", out, platform="linux/arm64",
+                  insecure_http=True)
+    assert digest != arm64["digest"]  # the stored manifest is the OCI conversion
+    assert _manifest_of(out)["layers"][0]["digest"] == pushed.multi.layers["arm64"]
+    # The registry's own list and manifest are kept, so their digests resolve.
+    assert _blob(out, arm64["digest"]).stat().st_size == arm64["size"]
+    assert _blob(out, "sha256:" + hashlib.sha256(raw_list.encode()).hexdigest()).exists()
+    seen = json.loads(skopeo("inspect", f"oci:{out}:latest"))
+    assert (seen["Digest"], seen["Architecture"]) == (digest, "arm64")
+
+
+def test_pulls_into_one_layout_keep_each_other(pushed: Pushed, out: Path) -> None:
+    pull(f"{pushed.host}/test/busybox", out, insecure_http=True, ref_name="busybox")
+    pull(f"{pushed.host}/test/multi", out, insecure_http=True, ref_name="multi")
+    again = pull(f"{pushed.host}/test/multi", out, platform="linux/arm64", insecure_http=True,
+                 ref_name="multi")
+    entries = json.loads((out / "index.json").read_text())["manifests"]
+    names = {e["annotations"]["org.opencontainers.image.ref.name"]: e["digest"]
+             for e in entries}
+    assert names == {"busybox": pushed.busybox.manifests["amd64"], "multi": again}
+    assert json.loads(skopeo("inspect", f"oci:{out}:busybox"))["Architecture"] == "amd64"
+    assert json.loads(skopeo("inspect", f"oci:{out}:multi"))["Architecture"] == "arm64"
+
+
 def test_connection_refused_is_one_line(out: Path) -> None:
     port = free_port()
     with pytest.raises(RegistryError) as caught:
@@ -611,6 +645,40 @@ def test_bad_layer_digest_never_becomes_a_path(small_layout: Path, out: Path,
     problem = _serve_manifest(small_layout, out, OCI_MANIFEST, json.dumps(manifest).encode())
     assert problem.startswith("layers[0].digest: digest ")
     assert _files_in_blobs(out) == []
+
+
+def test_oversized_config_is_refused_before_download(small_layout: Path, out: Path) -> None:
+    manifest = _manifest_of(small_layout)
+    manifest["config"]["size"] = registry.MAX_DOCUMENT + 1
+    problem = _serve_manifest(small_layout, out, OCI_MANIFEST, json.dumps(manifest).encode())
+    assert problem == (f"config is {registry.MAX_DOCUMENT + 1} bytes, more than the "
+                       f"{registry.MAX_DOCUMENT} allowed")
+    assert _files_in_blobs(out) == []
+
+
+def test_blob_larger_than_its_descriptor_is_cut_off(small_layout: Path, out: Path) -> None:
+    manifest = _manifest_of(small_layout)
+    layer = manifest["layers"][0]
+    layer["size"] //= 2
+    script = Script(manifests={"short": (OCI_MANIFEST, json.dumps(manifest).encode())})
+    with ScriptedRegistry(small_layout, script) as server, \
+            pytest.raises(RegistryError) as caught:
+        pull(f"{server.host}/test/busybox:short", out, insecure_http=True)
+    assert str(caught.value) == (
+        f"blob {layer['digest']}: larger than the {layer['size']} bytes of its descriptor")
+    assert layer["digest"].split(":")[1] not in " ".join(_files_in_blobs(out))
+
+
+def test_missing_blob_leaves_no_partial_file(small_layout: Path, out: Path) -> None:
+    manifest = _manifest_of(small_layout)
+    absent = "sha256:" + "7" * 64
+    manifest["layers"][0]["digest"] = absent
+    script = Script(manifests={"gone": (OCI_MANIFEST, json.dumps(manifest).encode())})
+    with ScriptedRegistry(small_layout, script) as server, \
+            pytest.raises(RegistryError) as caught:
+        pull(f"{server.host}/test/busybox:gone", out, insecure_http=True)
+    assert str(caught.value) == f"registry {server.host}: blob {absent}: 404 BLOB_UNKNOWN"
+    assert not [name for name in _files_in_blobs(out) if "7777" in name]
 
 
 def test_pinned_digest_must_match_the_content(small_layout: Path, out: Path) -> None:

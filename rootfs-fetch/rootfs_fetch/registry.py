@@ -717,6 +717,10 @@ def _fetch_blob(session: _Session, layout: _Layout, descriptor: Descriptor,
         try:
             got = _download_into(session, partial, descriptor, progress)
             break
+        except RegistryError:
+            if partial.stat().st_size == 0:
+                partial.unlink()  # nothing worth resuming from
+            raise
         except _Interrupted as exc:
             log.info("blob %s: %s (attempt %d of %d)", digest, exc, attempt, BLOB_ATTEMPTS)
             if attempt == BLOB_ATTEMPTS:
@@ -801,6 +805,7 @@ def _stream(response: http.client.HTTPResponse, out: IO[bytes], hasher: Any, sta
         while chunk := response.read(CHUNK):
             done += len(chunk)
             if done > size:
+                out.truncate(0)
                 raise RegistryError(f"{what}: larger than the {size} bytes of its descriptor")
             out.write(chunk)
             hasher.update(chunk)
