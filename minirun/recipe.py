@@ -258,6 +258,10 @@ def _oci_filesystem(spec: Spec, stage: Stage, recipe: Recipe) -> None:
 def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     proc = spec.process
     late = stage.has(Stage.NAMESPACES)
+    cwd = proc.cwd
+    # Created as root, before the uid change; entered after it, as the user.
+    recipe.add(Stage.CHROOT, f"mkdir -p {cwd} (inside the root, never through a link out)",
+               lambda ctx: _make_cwd(cwd))
     if late:
         limits = [(r.type, r.soft, r.hard) for r in proc.rlimits]
         if limits:
@@ -301,9 +305,7 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
                 recipe.leave_out(name, Stage.NAMESPACES)
     recipe.add(Stage.CHROOT, "close_range(3, ~0) but the error pipe",
                lambda ctx: syscalls.close_from(3, keep=(ctx.error_fd,)))
-    cwd = proc.cwd
-    recipe.add(Stage.CHROOT, f"chdir({cwd}) (created inside the root if missing)",
-               lambda ctx: _enter_cwd(cwd))
+    recipe.add(Stage.CHROOT, f"chdir({cwd})", lambda ctx: _enter_cwd(cwd))
     args = proc.args
     recipe.add(Stage.CHROOT, f"execve({args[0]}, {list(args)})",
                lambda ctx: process.exec_program(args, ctx.env))
@@ -343,10 +345,18 @@ def _set_env(ctx: Context, env: dict[str, str]) -> None:
     ctx.env = env
 
 
+def _make_cwd(cwd: str) -> None:
+    root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.close(paths.make_dirs(root_fd, cwd))
+    finally:
+        os.close(root_fd)
+
+
 def _enter_cwd(cwd: str) -> None:
     root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = paths.make_dirs(root_fd, cwd)
+        fd = paths.open_in_root(root_fd, cwd, os.O_PATH | os.O_DIRECTORY)
     finally:
         os.close(root_fd)
     try:

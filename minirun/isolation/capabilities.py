@@ -96,10 +96,9 @@ def drop_bounding(keep: int) -> None:
                     raise
 
 
-def apply(sets: dict[str, tuple[str, ...]]) -> None:
-    """Set all five sets. Call after the uid change, with keep-caps on (see process.py)."""
-    bounding = mask(sets.get("bounding", ()))
-    drop_bounding(bounding)
+def set_process_sets(sets: dict[str, tuple[str, ...]]) -> None:
+    """Set effective, permitted, inheritable and ambient; the bounding set is dropped first,
+    while still root, by :func:`drop_bounding` (see process.py for the order)."""
     inheritable = mask(sets.get("inheritable", ()))
     _capset(mask(sets.get("effective", ())), mask(sets.get("permitted", ())), inheritable)
     syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL,

@@ -43,13 +43,15 @@ def set_identity(uid: int, gid: int, groups: Sequence[int],
                  caps: dict[str, tuple[str, ...]] | None) -> None:
     """Become ``uid``:``gid`` with ``groups``, then set the capability sets."""
     if caps is not None:
+        # Dropping from the bounding set needs CAP_SETPCAP, which a non-root uid loses.
+        capabilities.drop_bounding(capabilities.mask(caps.get("bounding", ())))
         syscalls.prctl(PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS, 1")
     _call("setgroups", str(list(groups)), os.setgroups, list(groups))
     _call("setresgid", f"{gid}, {gid}, {gid}", os.setresgid, gid, gid, gid)
     _call("setresuid", f"{uid}, {uid}, {uid}", os.setresuid, uid, uid, uid)
     if caps is not None:
         syscalls.prctl(PR_SET_KEEPCAPS, 0, "PR_SET_KEEPCAPS, 0")
-        capabilities.apply(caps)
+        capabilities.set_process_sets(caps)
 
 
 def _call(name: str, described: str, function: object, *args: object) -> None:
