@@ -146,8 +146,8 @@ def test_cpu_max_throttles_a_busy_loop(manager: CgroupManager) -> None:
     stat = keyed(manager.path / "cpu.stat")
     assert stat["nr_throttled"] >= 3, stat
     assert stat["throttled_usec"] > 0, stat
-    # 10 % of one CPU for about a second of wall time, with slack for the slow guest.
-    assert stat["usage_usec"] < 600_000, stat
+    # At most one quota (10 ms) of CPU time in each period the cgroup was active.
+    assert stat["usage_usec"] <= (stat["nr_periods"] + 1) * 10000, stat
 
 
 def test_destroy_kills_a_process_tree(manager: CgroupManager) -> None:
@@ -178,6 +178,7 @@ def test_freeze_and_thaw(manager: CgroupManager) -> None:
 
 
 def test_subtree_control_ebusy_has_the_hint(cgroup_root: Path) -> None:
+    # The rule covers domain controllers (memory, io); threaded ones (pids, cpu) are exempt.
     busy = CgroupManager(cgroup_root, f"/minirun-busy-{secrets.token_hex(4)}")
     busy.create({})
     sleeper = subprocess.Popen(["/bin/sleep", "600"])
@@ -185,9 +186,10 @@ def test_subtree_control_ebusy_has_the_hint(cgroup_root: Path) -> None:
     try:
         inner = CgroupManager(cgroup_root, f"/{busy.path.name}/c1")
         with pytest.raises(SyscallError) as caught:
-            inner.create(resources(pids={"limit": 5}))
-        assert str(caught.value).startswith(
-            f"write cgroup.subtree_control({busy.path}/cgroup.subtree_control, '+pids'): EBUSY")
+            inner.create(resources(memory={"limit": 64 << 20}))
+        assert str(caught.value) == (
+            f"write cgroup.subtree_control({busy.path}/cgroup.subtree_control, '+memory'): "
+            "EBUSY (Device or resource busy)")
         assert caught.value.hint is not None and "no-internal-processes" in caught.value.hint
         assert not inner.path.exists()
     finally:
