@@ -45,10 +45,13 @@ KERNEL_ARGS = (
 class VmError(MiniRunError):
     """The VM did not boot, or did not report the command's exit status."""
 
-    def __init__(self, message: str, console_log: Path, output: str = "") -> None:
+    def __init__(
+        self, message: str, console_log: Path, output: str = "", qemu_pid: int = 0
+    ) -> None:
         super().__init__(message, hint=f"kernel console log: {console_log}")
         self.console_log = console_log
         self.output = output
+        self.qemu_pid = qemu_pid
 
 
 class VmTimeout(VmError):
@@ -65,6 +68,8 @@ class VmResult:
     """The guest kernel's console (boot messages, OOM kills, oopses)."""
     seconds: float
     """Wall time from starting qemu to qemu's exit."""
+    qemu_pid: int
+    """The pid qemu had (it has exited by now)."""
 
 
 def run(
@@ -114,7 +119,8 @@ def _write_job(
     # The path travels on the kernel command line, which splits on white space.
     if any(character.isspace() for character in str(job)):
         raise MiniRunError(f"job directory {job}: white space in the path (set TMPDIR)")
-    variables = {"PATH": GUEST_PATH, "HOME": "/root", "LANG": "C.UTF-8",
+    # TERM=dumb: the output port is a tty, but nobody reads it as a terminal.
+    variables = {"PATH": GUEST_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb",
                  "MINIRUN_IN_VM": "1", **env}
     lines = [f"export {name}={shlex.quote(value)}" for name, value in variables.items()]
     lines.append(f"cd {shlex.quote(str(cwd))} || exit 125")
@@ -195,16 +201,16 @@ def _boot(
     status = status_file.read_text(errors="replace").strip() if status_file.exists() else ""
     if timed_out and not status:
         raise VmTimeout(f"the VM did not finish in {timeout:.0f} s; qemu was killed",
-                        console_log, output)
+                        console_log, output, process.pid)
     if not status.isdigit():
         qemu_error = b"".join(stderr).decode(errors="replace").strip()
         raise VmError(
             f"the VM reported no exit status (qemu exited with {process.returncode}"
             + (f": {qemu_error[-300:]})" if qemu_error else ")")
             + f"; console ends: {_tail(console_log)}",
-            console_log, output,
+            console_log, output, process.pid,
         )
-    return VmResult(int(status), output, console_log, seconds)
+    return VmResult(int(status), output, console_log, seconds, process.pid)
 
 
 def _pump(stream: object, into: list[bytes], echo: Callable[[bytes], None] | None) -> None:
