@@ -681,6 +681,32 @@ def test_missing_blob_leaves_no_partial_file(small_layout: Path, out: Path) -> N
     assert not [name for name in _files_in_blobs(out) if "7777" in name]
 
 
+SHARED = _REPO.parent / "shared"
+
+
+@pytest.mark.parametrize(("variant", "problem"), [
+    ("v2-uppercase-hex-layer-digest", "layers[0].digest: digest 'sha256:"),
+    ("v3-layer-content-mismatch", ": digest mismatch (got sha256:"),
+    ("v4-descriptor-size-mismatch", "bytes of its descriptor"),
+    ("v5-unsupported-algorithm", "uses an unsupported algorithm (supported: sha256, sha512)"),
+])
+def test_handed_case_br07_served_by_a_registry(out: Path, variant: str, problem: str) -> None:
+    """BR-07's broken layouts, served through the registry API, are refused by pull.
+
+    v1 (a traversal digest in index.json) and v6 (diff_ids) concern reading a layout and
+    unpacking layers, not pulling: the layout reader's tests cover them.
+    """
+    case = out.parent / "case"
+    shutil.copytree(SHARED / "cases" / "BR-07-unvalidated-digests" / variant, case)
+    with ScriptedRegistry(case) as server, pytest.raises(RegistryError) as caught:
+        pull(f"{server.host}/test/busybox", out, insecure_http=True)
+    assert problem in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert not (out / "index.json").exists()
+    for path in out.rglob("*"):
+        assert not path.is_file() or b"pwned-unverified-content" not in path.read_bytes()
+
+
 def test_pinned_digest_must_match_the_content(small_layout: Path, out: Path) -> None:
     manifest = _manifest_of(small_layout)
     pinned = "sha256:" + "0" * 64
