@@ -442,6 +442,10 @@ def test_refuses_a_populated_cgroup_and_rolls_back(root: Path) -> None:
         again.create({})
     assert again.created == []
     assert (root / "busy").is_dir(), "not created by this manager, so not removed"
+    (root / "busy" / "cgroup.procs").write_text("")
+    (root / "busy" / "cgroup.events").write_text("populated 0\nfrozen 1\n")
+    with pytest.raises(MiniRunError, match=r"busy is frozen"):
+        again.create({})
 
 
 def test_write_error_names_file_and_value_and_rolls_back(root: Path) -> None:
@@ -470,6 +474,11 @@ def test_multiline_values_are_written_line_by_line(root: Path) -> None:
     # The kernel takes one device per write(2); a plain file keeps only the last write.
     assert (manager.path / "io.max").read_text() == "8:16 wbps=2"
     manager.destroy()
+    again = FakeCgroupManager(root, "c2")
+    again.create({"io.max": "8:0 rbps=1\n", "memory.high": ""})
+    assert (again.path / "io.max").read_text() == "8:0 rbps=1", "no empty write after the end"
+    assert (again.path / "memory.high").read_text() == ""
+    again.destroy()
 
 
 def test_bfq_weight_preferred_when_present(root: Path) -> None:

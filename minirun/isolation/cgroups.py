@@ -644,13 +644,17 @@ class CgroupManager:
         path.mkdir()
 
     def _check_empty(self) -> None:
-        # runtime-spec: a runtime must not start a container in a cgroup that has processes.
+        # runtime-spec: a cgroup with processes, or a frozen one, is unfit for a new container.
         pids = self.pids()
         if pids:
             raise MiniRunError(
                 f"cgroup {self.path} already has processes: {', '.join(map(str, pids[:5]))}",
                 "another container uses this cgroupsPath; choose another or delete that one",
             )
+        with contextlib.suppress(FileNotFoundError):
+            if _read_keyed(self.path / "cgroup.events").get("frozen") == 1:
+                raise MiniRunError(f"cgroup {self.path} is frozen",
+                                   f"thaw it first: echo 0 > {self.path}/cgroup.freeze")
 
     def _write_files(self, files: Mapping[str, str]) -> None:
         for name, value in files.items():
@@ -660,7 +664,8 @@ class CgroupManager:
             if not target.exists() and (name in _PREFERRED_OVER or name.endswith(
                     _OPTIONAL_SUFFIX)):
                 continue
-            for line in value.split("\n") if value else [value]:
+            # One line per write(2): the kernel parses one device entry per write (io.max).
+            for line in [line for line in value.splitlines() if line.strip()] or [value]:
                 self._write(target, line)
 
     def _write(self, target: Path, value: str) -> None:
