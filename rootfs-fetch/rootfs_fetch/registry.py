@@ -84,7 +84,8 @@ _DIGEST = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9
 # distribution-spec: repository path components and tags.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?)+|\[[0-9A-Fa-f:.]+\]")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\]")
 
 
 class RegistryError(MiniRunError):
@@ -134,7 +135,9 @@ def parse_reference(text: str) -> Reference:
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        check_digest(digest, where=f"image reference {text!r}")
+        problem = _digest_problem(digest)
+        if problem:
+            raise bad(problem)
     registry = DOCKER_HUB
     first, slash, remainder = rest.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
@@ -205,19 +208,22 @@ def check_digest(digest: object, where: str) -> str:
     """
     if not isinstance(digest, str):
         raise RegistryError(f"{where}: digest is not a string")
+    problem = _digest_problem(digest)
+    if problem:
+        raise RegistryError(f"{where}: {problem}")
+    return digest
+
+
+def _digest_problem(digest: str) -> str | None:
     algorithm, colon, encoded = digest.partition(":")
     pattern = _DIGEST.get(algorithm)
     if not colon or pattern is None:
-        raise RegistryError(
-            f"{where}: digest {digest[:80]!r} uses an unsupported algorithm "
-            "(supported: sha256, sha512)"
-        )
+        return (f"digest {digest[:80]!r} uses an unsupported algorithm "
+                "(supported: sha256, sha512)")
     if not pattern.fullmatch(encoded):
         length = 64 if algorithm == "sha256" else 128
-        raise RegistryError(
-            f"{where}: digest {digest[:80]!r} is not {algorithm}: and {length} lowercase hex"
-        )
-    return digest
+        return f"digest {digest[:80]!r} is not {algorithm}: and {length} lowercase hex"
+    return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -801,20 +807,23 @@ def _stream(response: http.client.HTTPResponse, out: IO[bytes], hasher: Any, sta
     done = start
     if progress:
         progress(digest, done, size)
-    try:
-        while chunk := response.read(CHUNK):
-            done += len(chunk)
-            if done > size:
-                out.truncate(0)
-                raise RegistryError(f"{what}: larger than the {size} bytes of its descriptor")
-            out.write(chunk)
-            hasher.update(chunk)
-            if progress:
-                progress(digest, done, size)
-    except (OSError, http.client.HTTPException) as exc:
-        out.flush()
-        raise _Interrupted(f"download broke off at {done} of {size} bytes "
-                           f"({type(exc).__name__})") from exc
+    while True:
+        try:
+            chunk = response.read(CHUNK)
+        except (OSError, http.client.HTTPException) as exc:
+            out.flush()
+            raise _Interrupted(f"download broke off at {done} of {size} bytes "
+                               f"({type(exc).__name__})") from exc
+        if not chunk:
+            break
+        done += len(chunk)
+        if done > size:
+            out.truncate(0)
+            raise RegistryError(f"{what}: larger than the {size} bytes of its descriptor")
+        out.write(chunk)  # a local error (ENOSPC) is no reason to retry: it propagates
+        hasher.update(chunk)
+        if progress:
+            progress(digest, done, size)
     out.flush()
     os.fsync(out.fileno())
     if done < size:
@@ -947,7 +956,20 @@ def pull(
     if credentials is None:
         credentials = load_credentials(ref.registry, auth_file)
     session = _Session(ref, insecure_http, credentials)
-    layout = _Layout(layout_dir)
+    name = ref_name or ref.tag or ref.digest or "latest"
+    try:
+        return _pull(session, _Layout(layout_dir), wanted, name, progress)
+    except OSError as exc:
+        # Network errors were turned into RegistryError where they happened: this one is
+        # about the layout's own files (ENOSPC, EACCES, ELOOP from O_NOFOLLOW, ...).
+        raise MiniRunError(f"layout {layout_dir}: {exc.filename or ''}: "
+                           f"{_describe_oserror(exc)}") from exc
+
+
+def _pull(session: _Session, layout: _Layout, wanted: Platform, name: str,
+          progress: ProgressCallback | None) -> str:
+    """The steps of :func:`pull`, in order."""
+    ref = session.ref
     layout.prepare()
     log.info("pulling %s from %s", ref, ref.registry)
 
@@ -969,7 +991,6 @@ def pull(
     # kept too, so every digest they name resolves in the layout.
     for document in (stored, manifest, top):
         layout.put_bytes(document.digest, document.data)
-    name = ref_name or ref.tag or ref.digest or "latest"
     platform_seen = _config_platform(layout, stored) or wanted
     layout.add_to_index(Descriptor(stored.media_type, stored.digest, len(stored.data),
                                    platform_seen, {REF_NAME: name}))
