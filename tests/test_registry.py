@@ -295,6 +295,17 @@ def test_pull_single_image(pushed: Pushed, out: Path) -> None:
     assert (bundle / "rootfs/bin/busybox").stat().st_size > 100_000
 
 
+def test_rootfs_fetch_reader_accepts_the_pulled_layout(pushed: Pushed, out: Path) -> None:
+    """The layout reader of rootfs_fetch (source.py) opens and verifies what pull wrote."""
+    from rootfs_fetch import source
+
+    pull(f"{pushed.host}/test/multi", out, platform="linux/arm64", insecure_http=True)
+    with source.open_image(f"oci:{out}:latest", source.parse_platform("linux/arm64")) as image:
+        source.verify_image(image)
+        assert image.config["architecture"] == "arm64"
+        assert [str(layer.digest) for layer in image.layers] == [pushed.multi.layers["arm64"]]
+
+
 def test_second_pull_downloads_nothing(pushed: Pushed, out: Path) -> None:
     pull(f"{pushed.host}/test/busybox:latest", out, insecure_http=True)
     before = {name: (out / "blobs/sha256" / name).stat().st_ino for name in _files_in_blobs(out)}
