@@ -472,3 +472,15 @@ def test_missing_command_keeps_the_base_args() -> None:
 
 def test_errors_are_minirun_errors() -> None:
     assert issubclass(UnpackError, MiniRunError) and issubclass(DigestError, MiniRunError)
+
+
+def test_tar_without_end_blocks_is_accepted_but_a_cut_file_is_not(tmp_path: Path) -> None:
+    """umoci 0.4 writes layers that stop right after the last file's data."""
+    whole = tar_bytes([f("a", b"1" * 700), f("b", b"22")])
+    trailer_cut = whole[: 3 * 512 + 512 + 2]  # a: header + 2 blocks; b: header + 2 bytes
+    root = tmp_path / "root"
+    root.mkdir()
+    unpack_stream(io.BytesIO(trailer_cut), root, Mode.FLATTEN, Options(), "layer 0")
+    assert (root / "b").read_bytes() == b"22"
+    with pytest.raises(UnpackError, match="ends inside entry 'b'"):
+        unpack_stream(io.BytesIO(trailer_cut[:-1]), root, Mode.FLATTEN, Options(), "layer 0")

@@ -107,7 +107,7 @@ def _efficiency_command(args: argparse.Namespace) -> int:
         print(f"{layer.index:<7}{layer.files:>8}{_human(layer.size):>12}"
               f"{_human(layer.wasted):>12}  {layer.diff_id[:19]}")
     print(f"total {_human(report.size)}, wasted {_human(report.wasted)}, "
-          f"efficiency {report.score:.1%}")
+          f"efficiency {report.score:.2%}")
     return 0
 
 

@@ -9,11 +9,10 @@ It reads the layer streams only (verified as usual); nothing is written.
 
 from __future__ import annotations
 
-import tarfile
 from dataclasses import dataclass
 
 from .source import Image, LayerStream
-from .unpack import OPAQUE_MARKER, WHITEOUT_PREFIX, split_name
+from .unpack import OPAQUE_MARKER, WHITEOUT_PREFIX, read_members, split_name
 
 
 @dataclass(frozen=True)
@@ -53,28 +52,27 @@ def efficiency(image: Image) -> Report:
     for layer in image.layers:
         index = layer.index
         with LayerStream(image, layer) as stream:
-            with tarfile.open(fileobj=stream.tar, mode="r|") as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    parts = split_name(member.name, layer.what)
-                    if not parts:
-                        continue
-                    parent, base = "/".join(parts[:-1]), parts[-1]
-                    if base == OPAQUE_MARKER:
-                        drop(parent, index, subtree=True)
-                        continue
-                    if base.startswith(WHITEOUT_PREFIX):
-                        target = "/".join([*parts[:-1], base.removeprefix(WHITEOUT_PREFIX)])
-                        drop(target, index, subtree=False)
-                        drop(target, index, subtree=True)
-                        continue
-                    path = "/".join(parts)
-                    drop(path, index + 1, subtree=False)
-                    if not member.isdir():  # a file replacing a directory removes its tree
-                        drop(path, index, subtree=True)
-                    size = member.size if member.isreg() else 0
-                    final[path] = (index, size)
-                    sizes[index] += size
-                    files[index] += 1 if member.isreg() else 0
+            for _tar, member in read_members(stream.tar, layer.what):
+                parts = split_name(member.name, layer.what)
+                if not parts:
+                    continue
+                parent, base = "/".join(parts[:-1]), parts[-1]
+                if base == OPAQUE_MARKER:
+                    drop(parent, index, subtree=True)
+                    continue
+                if base.startswith(WHITEOUT_PREFIX):
+                    target = "/".join([*parts[:-1], base.removeprefix(WHITEOUT_PREFIX)])
+                    drop(target, index, subtree=False)
+                    drop(target, index, subtree=True)
+                    continue
+                path = "/".join(parts)
+                drop(path, index + 1, subtree=False)
+                if not member.isdir():  # a file replacing a directory removes its tree
+                    drop(path, index, subtree=True)
+                size = member.size if member.isreg() else 0
+                final[path] = (index, size)
+                sizes[index] += size
+                files[index] += 1 if member.isreg() else 0
             stream.finish()
     reports = tuple(LayerEfficiency(layer.index, str(layer.diff_id), sizes[layer.index],
                                     wasted[layer.index], files[layer.index])

@@ -26,6 +26,7 @@ import os
 import shutil
 import stat
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -451,17 +452,63 @@ def _same_inode(src_fd: int, src: str, dst_fd: int, dst: str) -> bool:
 # --- whole layers and images -------------------------------------------------------------
 
 
+class ZeroTail:
+    """A tar stream that may stop right after its last member's data: some writers (umoci 0.4)
+    leave out the padding and the two zero end-of-archive blocks, which tarfile needs. Zeros
+    are supplied after the real end; :meth:`check` then makes sure no member *data* came from
+    them, so only the missing trailer is forgiven, never a truncated file. The hashes are
+    taken below this wrapper, over the real bytes only.
+    """
+
+    _TAIL = 20 * 512
+
+    def __init__(self, raw: Readable, what: str) -> None:
+        self._raw = raw
+        self._what = what
+        self.real_size = 0
+        self._tail_left = self._TAIL
+        self.padded = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(size)
+        if data:
+            self.real_size += len(data)
+            return data
+        self.padded = True
+        count = self._tail_left if size < 0 else min(size, self._tail_left)
+        self._tail_left -= count
+        return bytes(count)
+
+    def check(self, member: tarfile.TarInfo | None) -> None:
+        if not self.padded or member is None:
+            return
+        end = member.offset_data + (member.size if member.isreg() else 0)
+        if end > self.real_size:
+            raise UnpackError(f"{self._what}: the tar stream ends inside entry {member.name!r}")
+        log.debug("%s: tar stream without end-of-archive blocks", self._what)
+
+
+def read_members(stream: Readable, what: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """The members of an uncompressed tar stream, read once, in order."""
+    tail = ZeroTail(stream, what)
+    last = None
+    try:
+        with tarfile.open(fileobj=tail, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
+            for member in tar:
+                last = member
+                yield tar, member
+    except tarfile.TarError as exc:
+        raise UnpackError(f"{what}: not a valid tar stream: {exc}") from exc
+    tail.check(last)
+
+
 def unpack_stream(stream: Readable, root: Path, mode: Mode, options: Options,
                   what: str) -> Stats:
     """Apply one uncompressed layer tar stream to ``root``."""
     writer = LayerWriter(root, mode, options, what)
     try:
-        try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    writer.apply(tar, member)
-        except tarfile.TarError as exc:
-            raise UnpackError(f"{what}: not a valid tar stream: {exc}") from exc
+        for tar, member in read_members(stream, what):
+            writer.apply(tar, member)
         writer.finish()
     finally:
         writer.close()
