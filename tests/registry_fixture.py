@@ -260,6 +260,8 @@ class Script:
     redirect_blobs_to: str | None = None  # "http://127.0.0.1:PORT" serving /storage/...
     manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # extra tags
     token: str = "secret-token-42"
+    not_http: bool = False  # answer every request with a line that is not HTTP
+    short_manifest: bool = False  # manifests: promise more bytes than are sent, then close
 
 
 @dataclass
@@ -359,6 +361,10 @@ class _Handler(BaseHTTPRequestHandler):
         registry, script = self.registry, self.registry.script
         headers = {k.lower(): v for k, v in self.headers.items()}
         registry.note(self.path, headers)
+        if script.not_http:
+            self.wfile.write(b"HELLO THIS IS NOT HTTP\r\n\r\n")
+            self.close_connection = True
+            return None
         if self.path.startswith("/moved"):  # a realm that redirects elsewhere
             self.send_response(307)
             self.send_header("Location", "/token")
@@ -410,6 +416,13 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             return self._error(404, "MANIFEST_UNKNOWN")
         media_type, data = found
+        if self.registry.script.short_manifest:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data) + 100))
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
+            return None
         self._send(200, data, {"Content-Type": media_type})
         return None
 

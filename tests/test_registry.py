@@ -435,6 +435,25 @@ def test_connection_refused_is_one_line(out: Path) -> None:
         "connection refused (ECONNREFUSED)")
 
 
+def test_an_answer_that_is_not_http_is_one_line(small_layout: Path, out: Path) -> None:
+    with ScriptedRegistry(small_layout, Script(not_http=True)) as server, \
+            pytest.raises(RegistryError) as caught:
+        pull(f"{server.host}/test/busybox", out, insecure_http=True)
+    assert str(caught.value) == (
+        f"registry {server.host}: API check: GET http://{server.host}/v2/: "
+        "BadStatusLine: HELLO THIS IS NOT HTTP")
+
+
+def test_a_manifest_cut_short_is_one_line(small_layout: Path, out: Path) -> None:
+    with ScriptedRegistry(small_layout, Script(short_manifest=True)) as server, \
+            pytest.raises(RegistryError) as caught:
+        pull(f"{server.host}/test/busybox", out, insecure_http=True)
+    size = len(_blob(small_layout, _manifest_digest(small_layout)).read_bytes())
+    assert str(caught.value) == (
+        f"registry {server.host}: manifest test/busybox:latest: the answer ended after "
+        f"{size} of {size + 100} bytes")
+
+
 # ----------------------------------------------------------------------------------------
 # Authentication (scripted registry)
 

@@ -375,9 +375,15 @@ def _read_capped(response: http.client.HTTPResponse, limit: int, what: str) -> b
     length = response.getheader("Content-Length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RegistryError(f"{what}: {length} bytes is more than the {limit} allowed")
-    data = response.read(limit + 1)
+    try:
+        data = response.read(limit + 1)
+    except _network_errors() as exc:
+        raise RegistryError(f"{what}: reading the answer: {_describe_oserror(exc)}") from exc
     if len(data) > limit:
         raise RegistryError(f"{what}: more than the {limit} bytes allowed")
+    # http.client returns a short body without complaint when the peer closes early.
+    if length is not None and length.isdigit() and len(data) != int(length):
+        raise RegistryError(f"{what}: the answer ended after {len(data)} of {length} bytes")
     return data
 
 
@@ -500,7 +506,7 @@ class _Session:
             log.debug("GET %s", url)
             try:
                 conn, response = _open(url, sent)
-            except OSError as exc:
+            except _network_errors() as exc:
                 raise self.fail(what, f"GET {url}: {_describe_oserror(exc)}") from exc
             if not follow or response.status not in (301, 302, 303, 307, 308):
                 return conn, response
@@ -554,7 +560,7 @@ class _Session:
         try:
             # No redirects: the token request goes to the realm the registry named, only.
             conn, response = _open(url, headers)
-        except OSError as exc:
+        except _network_errors() as exc:
             raise RegistryError(f"{where}: GET {url}: {_describe_oserror(exc)}") from exc
         try:
             body = _read_capped(response, 1024 * 1024, where)
@@ -583,7 +589,14 @@ class _Session:
         raise self.fail(what, f"{response.status} {codes}", hint)
 
 
-def _describe_oserror(exc: OSError) -> str:
+def _network_errors() -> tuple[type[Exception], ...]:
+    """What a request or a read can raise: socket errors and malformed HTTP."""
+    import http.client
+
+    return OSError, http.client.HTTPException
+
+
+def _describe_oserror(exc: Exception) -> str:
     import errno
     import ssl
 
@@ -591,10 +604,12 @@ def _describe_oserror(exc: OSError) -> str:
         return f"TLS certificate not trusted: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):  # its errno is an OpenSSL code, not an errno value
         return f"TLS error: {exc.reason or exc}"
-    name = errno.errorcode.get(exc.errno or 0)
+    code = getattr(exc, "errno", None) or 0
+    name = errno.errorcode.get(code)
     if name:
-        return f"{os.strerror(exc.errno or 0).lower()} ({name})"
-    return str(exc) or type(exc).__name__
+        return f"{os.strerror(code).lower()} ({name})"
+    text = str(exc).strip()[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------
