@@ -57,4 +57,5 @@ def _manager_hooks(spec: Spec, container_id: str, files: dict[str, str]) -> Hook
         if "guard" in state:
             cgroups.disarm(state["guard"])
 
-    return Hooks(place=place, cleanup=cleanup, oom_killed=manager.oom_killed)
+    return Hooks(place=place, cgroup=str(manager.path), cleanup=cleanup,
+                 oom_killed=manager.oom_killed)

@@ -106,9 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     from minirun.spec import load_bundle
 
     spec = load_bundle(bundle)
-    recipe = recipe_module.build(spec, stage)
     if args.explain:
-        print("\n".join(recipe.explain()))
+        print("\n".join(recipe_module.build(spec, stage).explain()))
         return 0
     if os.geteuid() != 0:
         raise UnsupportedError("minirun run needs root (try sudo)")
@@ -116,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     from minirun.cgroup_setup import hooks_for
 
     hooks = hooks_for(spec, stage, container_id)
+    recipe = recipe_module.build(spec, stage, hooks.cgroup)
     for item in recipe.left_out:
         log.info("stage %s leaves out %s", stage.label, item)
     return runtime.run(recipe, hooks)

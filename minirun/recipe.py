@@ -65,6 +65,7 @@ class Recipe:
     spec: Spec
     stage: Stage
     namespaces: frozenset[Namespace]
+    cgroup: str | None = None  # the container's cgroup directory on the host, if it has one
     steps: list[Step] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
 
@@ -96,9 +97,10 @@ def _ns_stage(kinds: frozenset[Namespace]) -> str:
     return Stage.NAMESPACES.label if late else Stage.JAIL.label
 
 
-def build(spec: Spec, stage: Stage) -> Recipe:
-    """Turn ``spec`` into the ordered steps that ``stage`` carries out."""
-    recipe = Recipe(spec, stage, _namespaces(spec, stage))
+def build(spec: Spec, stage: Stage, cgroup: str | None = None) -> Recipe:
+    """Turn ``spec`` into the ordered steps that ``stage`` carries out; ``cgroup`` is the
+    container's cgroup directory when the cgroup manager made one."""
+    recipe = Recipe(spec, stage, _namespaces(spec, stage), cgroup)
     _check_unsupported(spec, stage, recipe)
     if stage.has(Stage.JAIL):
         _jail_root(spec, stage, recipe)
@@ -209,10 +211,18 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
 def _mount_plan(spec: Spec, index: int, recipe: Recipe) -> mounts.MountPlan | None:
     entry = spec.mounts[index]
     fstype = entry.type
+    if fstype in ("cgroup", "cgroup2") and recipe.cgroup is not None:
+        options = tuple(o for o in entry.options if o not in ("rw", "ro")) + ("ro",)
+        if Namespace.CGROUP in recipe.namespaces:
+            # Inside its cgroup namespace a fresh cgroup2 mount shows the container's own
+            # cgroup as the root (cgroup_namespaces(7)).
+            return mounts.plan(entry.destination, "cgroup2", "cgroup", options, entry.where,
+                               spec.bundle)
+        return mounts.plan(entry.destination, None, recipe.cgroup, options + ("rbind",),
+                           entry.where, spec.bundle)
     if fstype in ("cgroup", "cgroup2"):
-        # The container has no cgroup of its own here (the cgroup manager adds one where
-        # cgroup v2 works); a fresh cgroup2 mount would show the host's tree, so the
-        # container gets an empty read-only directory instead.
+        # Without a cgroup of its own (no cgroup v2 here), a fresh cgroup2 mount would show
+        # the host's tree, so the container gets an empty read-only directory instead.
         recipe.left_out.append(f"{entry.where} ({fstype} on {entry.destination}): no cgroup "
                                "for this container, an empty read-only tmpfs instead")
         return mounts.plan(entry.destination, "tmpfs", "cgroup", ("ro", "nosuid", "nodev",

@@ -45,6 +45,7 @@ class Hooks:
     """What the runtime does around the container, on the host (the cgroup manager)."""
 
     place: Callable[[int], None] | None = None   # put the init process into a cgroup
+    cgroup: str | None = None                     # that cgroup's directory
     cleanup: Callable[[], None] | None = None
     oom_killed: Callable[[], bool] | None = None
 
