@@ -244,6 +244,8 @@ class Platform:
         """True if *other* (from an index) serves what *self* (wanted) asks for."""
         if (self.os, self.architecture) != (other.os, other.architecture):
             return False
+        # Not yet: without a wanted variant the first entry of the os/architecture wins
+        # (linux/arm could pick v6 over v7); remove this note when entries are ranked.
         if self.variant is None:
             return True
         return _variant(self.architecture, self.variant) == _variant(
@@ -351,7 +353,12 @@ def check_scheme_change(old: Url, new: Url, where: str) -> None:
 def _open(
     url: Url, headers: Mapping[str, str], method: str = "GET"
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """One request on a new connection; the caller closes the connection."""
+    """One request on a new connection; the caller closes the connection.
+
+    Not yet: connections are not reused (one TCP and TLS handshake per request); remove
+    this note when a session keeps one connection per origin. TLS trusts the system store
+    (or SSL_CERT_FILE); not yet: a per-registry CA file option.
+    """
     import http.client
 
     conn: http.client.HTTPConnection
@@ -995,6 +1002,9 @@ def _pull(session: _Session, layout: _Layout, wanted: Platform, name: str,
     what = f"manifest {ref.repository}:{ref.tag}" if ref.tag else f"manifest {ref}"
     top, manifest = _resolve(session, wanted, what)
 
+    # Not yet: layers download one after another, not in parallel; and a layer's "urls"
+    # (foreign or non-distributable layers) are ignored: it is fetched from the registry.
+    # Remove this note when either changes.
     for descriptor in _manifest_blobs(session, manifest, what):
         _fetch_blob(session, layout, descriptor, progress)
 
