@@ -331,25 +331,32 @@ def test_probe_this_host() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+# The control files the fake kernel makes in each new cgroup (the manager never creates files:
+# it opens them without O_CREAT, so a write to a file missing here fails with ENOENT).
+FAKE_FILES = (
+    "cgroup.subtree_control", "cgroup.procs", "cgroup.kill", "cgroup.freeze",
+    "memory.max", "memory.low", "memory.high", "memory.swap.max", "memory.events",
+    "pids.max", "pids.events", "cpu.max", "cpu.max.burst", "cpu.weight", "cpu.idle", "cpu.stat",
+    "cpuset.cpus", "cpuset.mems", "io.max", "io.weight", "hugetlb.2MB.max", "rdma.max",
+)
+
+
 class FakeCgroupManager(CgroupManager):
     """The manager on a plain directory tree, with the two cgroupfs behaviours imitated.
 
-    mkdir creates the core control files as the kernel does (cgroup.controllers inherits the
-    parent's subtree_control); rmdir removes them again and, like the kernel, refuses with
-    EBUSY while the cgroup has children or processes.
+    mkdir creates the control files as the kernel does (every controller's files, as if all
+    were enabled: a plain file cannot accumulate "+memory" writes the way subtree_control
+    does); rmdir removes them again and, like the kernel, refuses with EBUSY while the cgroup
+    has children or processes.
     """
 
     extra_files: tuple[str, ...] = ()
 
     def _mkdir(self, path: Path) -> None:
         path.mkdir()
-        enabled = (path.parent / "cgroup.subtree_control").read_text().replace("+", "")
-        (path / "cgroup.controllers").write_text(enabled)
-        for name in ("cgroup.subtree_control", "cgroup.procs", "cgroup.kill", "cgroup.freeze"):
+        for name in FAKE_FILES + self.extra_files:
             (path / name).write_text("")
         (path / "cgroup.events").write_text("populated 0\nfrozen 0\n")
-        for name in self.extra_files:
-            (path / name).write_text("")
 
     def _rmdir(self, path: Path) -> None:
         if any(p.is_dir() for p in path.iterdir()) or (path / "cgroup.procs").read_text():
@@ -453,6 +460,7 @@ def test_write_error_names_file_and_value_and_rolls_back(root: Path) -> None:
         def _mkdir(self, path: Path) -> None:
             super()._mkdir(path)
             if path.name == "c1":
+                (path / "memory.max").unlink()
                 (path / "memory.max").mkdir()  # any write to it fails with EISDIR
 
         def _rmdir(self, path: Path) -> None:
@@ -466,6 +474,16 @@ def test_write_error_names_file_and_value_and_rolls_back(root: Path) -> None:
     assert str(caught.value) == (
         f"write({manager.path}/memory.max, '1'): EISDIR (Is a directory)")
     assert not (root / "minirun").exists(), "directories made before the failure are removed"
+
+
+def test_missing_control_file_is_enoent_with_hint(root: Path) -> None:
+    manager = FakeCgroupManager(root, "c1")
+    with pytest.raises(SyscallError) as caught:
+        manager.create({"memory.zswap.max": "0"})
+    assert str(caught.value) == (
+        f"write({manager.path}/memory.zswap.max, '0'): ENOENT (No such file or directory)")
+    assert caught.value.hint is not None and "no such cgroup file" in caught.value.hint
+    assert not (root / "minirun").exists()
 
 
 def test_multiline_values_are_written_line_by_line(root: Path) -> None:
@@ -505,6 +523,7 @@ def test_bfq_weight_preferred_when_present(root: Path) -> None:
 def test_oom_killed(root: Path) -> None:
     manager = FakeCgroupManager(root, "c1")
     manager.create({})
+    (manager.path / "memory.events").unlink()
     assert manager.oom_killed() is False, "no memory.events: no memory controller, no OOM kill"
     (manager.path / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 0\n")
     assert manager.oom_killed() is False

@@ -610,10 +610,10 @@ class CgroupManager:
                     parent = parent / part
                     self._mkdir_once(parent)
                 return
-            except FileNotFoundError:
-                # Another minirun removed a shared parent (root/minirun) between our mkdirs.
+            except _Vanished as gone:
+                # Another minirun removed a shared parent (root/minirun) between our steps.
                 if attempt == 2:
-                    raise
+                    raise SyscallError(gone.call, gone.path, errno.ENOENT) from gone
 
     def _enable(self, cgroup: Path, needed: set[str]) -> None:
         control = cgroup / "cgroup.subtree_control"
@@ -623,7 +623,9 @@ class CgroupManager:
         value = " ".join(f"+{name}" for name in sorted(missing))
         log.debug("write %s: %s", control, value)
         try:
-            control.write_text(value)
+            _write_once(control, value)
+        except FileNotFoundError as err:
+            raise _Vanished("write cgroup.subtree_control", str(control)) from err
         except OSError as err:
             raise SyscallError("write cgroup.subtree_control", f"{control}, {value!r}",
                                err.errno or errno.EIO) from err
@@ -633,8 +635,8 @@ class CgroupManager:
             self._mkdir(path)
         except FileExistsError:
             return
-        except FileNotFoundError:
-            raise
+        except FileNotFoundError as err:
+            raise _Vanished("mkdir", str(path)) from err
         except OSError as err:
             raise SyscallError("mkdir", str(path), err.errno or errno.EIO) from err
         self.created.append(path)
@@ -671,8 +673,7 @@ class CgroupManager:
     def _write(self, target: Path, value: str) -> None:
         log.debug("write %s: %s", target, value)
         try:
-            with open(target, "w") as stream:
-                stream.write(value)
+            _write_once(target, value)
         except OSError as err:
             hint = _WRITE_HINTS.get(err.errno or 0)
             raise SyscallError("write", f"{target}, {value!r}", err.errno or errno.EIO,
@@ -795,6 +796,25 @@ class CgroupManager:
                     "retry once it returns from the kernel",
                 )
             time.sleep(0.01)
+
+
+class _Vanished(Exception):
+    """A directory on the way to the cgroup disappeared: worth one more try."""
+
+    def __init__(self, call: str, path: str) -> None:
+        super().__init__(f"{call}({path})")
+        self.call = call
+        self.path = path
+
+
+def _write_once(path: Path, value: str) -> None:
+    """One write(2) to an existing file. No O_CREAT: on cgroupfs that turns a missing file
+    (a controller not enabled) into a misleading EACCES instead of ENOENT."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _relative_path(path: str, source: str) -> Path:

@@ -230,3 +230,12 @@ def test_disarmed_guard_leaves_the_cgroup(manager: CgroupManager) -> None:
     cgroups.disarm(fd)
     time.sleep(1)
     assert manager.path.is_dir()
+
+
+def test_missing_file_is_enoent_and_rolled_back(manager: CgroupManager) -> None:
+    # Opened without O_CREAT: cgroupfs would answer a create with a misleading EACCES.
+    with pytest.raises(SyscallError) as caught:
+        manager.create({"memory.no-such-file": "1"})
+    assert str(caught.value) == (
+        f"write({manager.path}/memory.no-such-file, '1'): ENOENT (No such file or directory)")
+    assert not manager.path.exists()
