@@ -8,11 +8,12 @@ with the stage that would apply them.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from minirun.errors import ConfigError, MiniRunError, UnsupportedError
+from minirun.errors import ConfigError, MiniRunError, SyscallError, UnsupportedError
 from minirun.isolation import devices, mounts, network, paths, process, rootfs, syscalls
 from minirun.isolation.namespaces import Namespace, flag_names
 from minirun.spec import Spec
@@ -175,7 +176,7 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
             continue
         needs_stage = Stage.NAMESPACES if need else Stage.JAIL
         recipe.add(needs_stage, plan.describe() + " (mount point inside the rootfs)",
-                   lambda ctx, plan=plan: mounts.perform(plan, ctx.root_fd))
+                   functools.partial(_perform_mount, plan))
     if stage.has(Stage.NAMESPACES):
         recipe.add(Stage.NAMESPACES, f"mount(/dev/X -> /dev/X, bind) for {devices.describe()}",
                    lambda ctx: devices.populate(ctx.root_fd))
@@ -212,13 +213,13 @@ def _mount_plan(spec: Spec, index: int, recipe: Recipe) -> mounts.MountPlan | No
     entry = spec.mounts[index]
     fstype = entry.type
     if fstype in ("cgroup", "cgroup2") and recipe.cgroup is not None:
-        options = tuple(o for o in entry.options if o not in ("rw", "ro")) + ("ro",)
+        options = (*(o for o in entry.options if o not in ("rw", "ro")), "ro")
         if Namespace.CGROUP in recipe.namespaces:
             # Inside its cgroup namespace a fresh cgroup2 mount shows the container's own
             # cgroup as the root (cgroup_namespaces(7)).
             return mounts.plan(entry.destination, "cgroup2", "cgroup", options, entry.where,
                                spec.bundle)
-        return mounts.plan(entry.destination, None, recipe.cgroup, options + ("rbind",),
+        return mounts.plan(entry.destination, None, recipe.cgroup, (*options, "rbind"),
                            entry.where, spec.bundle)
     if fstype in ("cgroup", "cgroup2"):
         # Without a cgroup of its own (no cgroup v2 here), a fresh cgroup2 mount would show
@@ -229,7 +230,7 @@ def _mount_plan(spec: Spec, index: int, recipe: Recipe) -> mounts.MountPlan | No
                            "noexec", "size=0k"), entry.where, spec.bundle)
     if fstype == "sysfs" and Namespace.NETWORK not in recipe.namespaces:
         # sysfs belongs to the network namespace; without one, bind the host's read-only.
-        options = tuple(o for o in entry.options if o != "rw") + ("rbind", "ro")
+        options = (*(o for o in entry.options if o != "rw"), "rbind", "ro")
         return mounts.plan(entry.destination, None, "/sys", options, entry.where, spec.bundle)
     try:
         return mounts.plan(entry.destination, fstype, entry.source, entry.options,
@@ -252,10 +253,10 @@ def _oci_filesystem(spec: Spec, stage: Stage, recipe: Recipe) -> None:
         return
     for path in spec.masked_paths:
         recipe.add(Stage.OCI, f"mount(/dev/null or empty tmpfs -> {path}) (maskedPaths)",
-                   lambda ctx, path=path: mounts.mask(path))
+                   functools.partial(_mask, path))
     for path in spec.readonly_paths:
         recipe.add(Stage.OCI, f"mount({path} -> {path}, MS_BIND|MS_REC); remount MS_RDONLY",
-                   lambda ctx, path=path: _readonly(path))
+                   functools.partial(_readonly, path))
     if spec.rootfs_propagation:
         mode = spec.rootfs_propagation
         recipe.add(Stage.OCI, f"mount(none -> /, {mode}) (rootfsPropagation)",
@@ -305,13 +306,15 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
         recipe.add(Stage.NAMESPACES, f"environment <- process.env ({len(env)} variables)",
                    lambda ctx: _set_env(ctx, env))
     else:
-        for name, value in (("process.user", proc.user.uid or proc.user.gid
-                             or proc.user.additional_gids or proc.user.umask is not None),
-                            ("process.capabilities", proc.capabilities is not None),
-                            ("process.rlimits", proc.rlimits),
-                            ("process.noNewPrivileges", proc.no_new_privileges),
-                            ("process.env", proc.env)):
-            if value:
+        given: tuple[tuple[str, object], ...] = (
+            ("process.user", proc.user.uid or proc.user.gid or proc.user.additional_gids
+             or proc.user.umask is not None),
+            ("process.capabilities", proc.capabilities is not None),
+            ("process.rlimits", proc.rlimits),
+            ("process.noNewPrivileges", proc.no_new_privileges),
+            ("process.env", proc.env))
+        for name, present in given:
+            if present:
                 recipe.leave_out(name, Stage.NAMESPACES)
     recipe.add(Stage.CHROOT, "close_range(3, ~0) but the error pipe",
                lambda ctx: syscalls.close_from(3, keep=(ctx.error_fd,)))
@@ -331,7 +334,15 @@ def _pivot(ctx: Context, root: str) -> None:
     rootfs.pivot(root)
 
 
-def _readonly(path: str) -> None:
+def _perform_mount(plan: mounts.MountPlan, ctx: Context) -> None:
+    mounts.perform(plan, ctx.root_fd)
+
+
+def _mask(path: str, ctx: Context) -> None:
+    mounts.mask(path)
+
+
+def _readonly(path: str, ctx: Context) -> None:
     if os.path.exists(path):
         mounts.make_readonly(path)
 
@@ -343,7 +354,7 @@ def _sysctl(table: dict[str, str]) -> None:
             with open(path, "w") as stream:
                 stream.write(value)
         except OSError as error:
-            raise syscalls.SyscallError("write", f"{path} <- {value!r} (linux.sysctl.{key})",
+            raise SyscallError("write", f"{path} <- {value!r} (linux.sysctl.{key})",
                                         error.errno or 0) from None
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from minirun.errors import MiniRunError, from_wire
+from minirun.errors import MiniRunError, SyscallError, from_wire
 from minirun.isolation import namespaces, syscalls
 from minirun.isolation.namespaces import Namespace
 from minirun.isolation.process import reset_signals
@@ -209,7 +209,7 @@ def _map_user_namespace(recipe: Recipe, pipes: _Pipes, init_pid: int) -> None:
             with open(path, "w") as stream:
                 stream.write(text)
         except OSError as error:
-            raise syscalls.SyscallError(f"write {name}", f"{path} <- {text.strip()!r}",
+            raise SyscallError(f"write {name}", f"{path} <- {text.strip()!r}",
                                         error.errno or 0) from None
     os.write(pipes.go_w, b"g")
 

@@ -142,7 +142,7 @@ class _Reader:
         if value is not None and not 0 <= value < (1 << bits):
             raise self.fail(f"{path}.{key}", f"must be between 0 and {(1 << bits) - 1}, "
                                              f"got {value}")
-        return value
+        return None if value is None else int(value)
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -380,7 +380,7 @@ def _propagation(r: _Reader, linux: dict[str, Any]) -> str | None:
     if value is not None and value not in _PROPAGATIONS:
         raise r.fail("linux.rootfsPropagation", f"must be one of {', '.join(_PROPAGATIONS)}, "
                                                 f"got {value!r}")
-    return value
+    return None if value is None else str(value)
 
 
 def _sysctl(r: _Reader, linux: dict[str, Any]) -> dict[str, str]:

@@ -25,13 +25,16 @@ RLIM_INFINITY_SPEC = (1 << 64) - 1
 def set_rlimits(limits: Sequence[tuple[str, int, int]]) -> None:
     for name, soft, hard in limits:
         kind = getattr(resource, name)
-        values = tuple(resource.RLIM_INFINITY if v == RLIM_INFINITY_SPEC else v
-                       for v in (soft, hard))
+        values = (_rlim(soft), _rlim(hard))
         try:
             resource.setrlimit(kind, values)
         except (OSError, ValueError) as error:
             code = error.errno if isinstance(error, OSError) and error.errno else errno.EPERM
             raise SyscallError("setrlimit", f"{name}, soft={soft}, hard={hard}", code) from None
+
+
+def _rlim(value: int) -> int:
+    return resource.RLIM_INFINITY if value == RLIM_INFINITY_SPEC else value
 
 
 def set_oom_score_adj(value: int) -> None:

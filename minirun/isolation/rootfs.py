@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from minirun.errors import SyscallError
 from minirun.isolation import syscalls
 from minirun.isolation.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_REC
 
@@ -26,7 +27,7 @@ def chroot(rootfs: str) -> None:
     try:
         os.chroot(rootfs)
     except OSError as error:
-        raise syscalls.SyscallError("chroot", rootfs, error.errno or 0) from None
+        raise SyscallError("chroot", rootfs, error.errno or 0) from None
     os.chdir("/")
 
 
