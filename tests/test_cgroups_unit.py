@@ -233,7 +233,7 @@ def test_handed_case(case: str, tmp_path: Path) -> None:
 HYBRID_MOUNTS = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory,clone_children
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
 """
@@ -691,3 +691,11 @@ def test_guard_cleans_up_after_sigkill_of_owner(root: Path, reaper: Reap) -> Non
     statuses = reaper()
     assert list(statuses.values()) == [0], "one watchdog, done with status 0"
     assert not (root / "minirun").exists(), "the watchdog removed it all"
+
+
+def test_disarm_after_the_watchdog_is_gone() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    cgroups.disarm(write_end)  # EPIPE is not an error here: there is nothing left to tell
+    with pytest.raises(OSError):
+        os.fstat(write_end)

@@ -189,9 +189,16 @@ def _mount_holding(mounts: list[_Mount], path: Path) -> _Mount | None:
     return best
 
 
+_V1_CONTROLLERS = frozenset({
+    "blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "hugetlb", "memory", "misc",
+    "net_cls", "net_prio", "perf_event", "pids", "rdma",
+})
+
+
 def _v1_controllers(mount: _Mount) -> str:
-    known = {"rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "xattr"}
-    return ",".join(opt for opt in mount.super_options if opt not in known)
+    """"cpu,cpuacct" from super options such as "rw,cpu,cpuacct"; named ones as "name=x"."""
+    return ",".join(opt for opt in mount.super_options
+                    if opt in _V1_CONTROLLERS or opt.startswith("name="))
 
 
 def _read_words(path: Path) -> set[str]:
@@ -889,7 +896,8 @@ def guard(manager: CgroupManager) -> int:
     if middle == 0:
         _middle_child(manager, read_end, write_end)  # never returns
     os.close(read_end)
-    os.waitpid(middle, 0)
+    with contextlib.suppress(ChildProcessError):  # a caller's wait(-1) loop may reap it first
+        os.waitpid(middle, 0)
     log.debug("cgroup guard armed for %s (fd %d)", manager.path, write_end)
     return write_end
 
@@ -897,7 +905,8 @@ def guard(manager: CgroupManager) -> int:
 def disarm(fd: int) -> None:
     """Tell the watchdog that minirun cleaned up itself, so it exits without touching anything."""
     try:
-        os.write(fd, _DISARM)
+        with contextlib.suppress(BrokenPipeError):  # the watchdog is gone already
+            os.write(fd, _DISARM)
     finally:
         os.close(fd)
 
