@@ -109,7 +109,7 @@ def _boot_guest_tests(selected: list[str]) -> GuestRun:
                             f"{result.output[-3000:]}", output=result.output)
         return GuestRun(_read_junit(xml), output=result.output)
     except (VmError, VmBuildError) as error:
-        return GuestRun(problem=f"{error} ({error.hint})")
+        return GuestRun(problem=f"{error}" + (f" ({error.hint})" if error.hint else ""))
     finally:
         shutil.rmtree(share)
 

@@ -60,6 +60,8 @@ def _write(chunk: bytes) -> None:
 
 def _run(command: list[str], share: Path | None, timeout: float, memory: str) -> int:
     result = run(command, share, timeout, memory, on_output=_write)
+    if result.output and not result.output.endswith("\n"):
+        _write(b"\n")  # keep the summary line below on a line of its own
     print(f"tests.vm: exit status {result.status} after {result.seconds:.1f} s "
           f"(console: {result.console_log})", file=sys.stderr)
     return result.status

@@ -85,13 +85,16 @@ def ensure_built(cache: Path | None = None, log: bool = False) -> VmImage:
 
 def _kernel_package(cache: Path) -> tuple[str, str]:
     """The real kernel package behind the metapackage and its version, as apt sees them now."""
+    stamp = _read_stamp(cache)
+    if stamp is not None and not _apt_lists_changed_since(cache / "stamp"):
+        # apt's answer only changes with its package lists; asking costs most of a second.
+        return stamp["package"], stamp["version"]
     try:
         shown = subprocess.run(
             ["apt-cache", "show", "--no-all-versions", KERNEL_METAPACKAGE],
             capture_output=True, text=True, check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError) as error:
-        stamp = _read_stamp(cache)
         if stamp is not None:  # offline or no apt lists: the kernel built earlier still works
             return stamp["package"], stamp["version"]
         raise VmBuildError(
@@ -107,6 +110,15 @@ def _kernel_package(cache: Path) -> tuple[str, str]:
         raise VmBuildError(
             f"apt-cache show {KERNEL_METAPACKAGE}: no kernel package in Depends: {depends!r}")
     return package, fields["Version"]
+
+
+def _apt_lists_changed_since(stamp: Path) -> bool:
+    built = stamp.stat().st_mtime
+    lists = Path("/var/lib/apt/lists")
+    try:
+        return any(entry.stat().st_mtime > built for entry in lists.iterdir())
+    except OSError:
+        return True
 
 
 def _build_key(package: str, version: str) -> str:
@@ -151,6 +163,10 @@ class _locked:
 
 def _build(cache: Path, package: str, version: str, key: str, log: bool) -> VmImage:
     started = time.monotonic()
+    # A build killed half-way leaves its scratch directory (hundreds of MB): we hold the lock,
+    # so no other build is using one.
+    for stale in cache.glob(".build-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=cache) as scratch_name:
         scratch = Path(scratch_name)
         deb = _download(package, version, scratch, log)

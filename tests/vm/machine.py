@@ -9,6 +9,10 @@ Three serial ports carry the results: ttyS0 the kernel console (to a log file), 
 command's output (to qemu's stdout, a pipe read here), ttyS2 the exit status (to a file).
 Bulk results come back through ``share``: a host directory mounted read-write at the same
 path in the guest.
+
+The host root is mounted with cache=loose (much faster under TCG): a host file changed while
+a VM runs may look unchanged inside it. Each run boots a fresh VM, so that only matters for
+files the host edits during a run; exchange such files through ``share`` (no cache).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class VmError(MiniRunError):
     def __init__(
         self, message: str, console_log: Path, output: str = "", qemu_pid: int = 0
     ) -> None:
-        super().__init__(message, hint=f"kernel console log: {console_log}")
+        hint = f"kernel console log: {console_log}" if console_log.exists() else None
+        super().__init__(message, hint)
         self.console_log = console_log
         self.output = output
         self.qemu_pid = qemu_pid
