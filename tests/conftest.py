@@ -1,4 +1,8 @@
-"""Shared fixtures: the minirun command, busybox bundles, handed cases, leftover checks."""
+"""Shared fixtures: busybox bundles, handed cases, leftover checks.
+
+Helpers that test modules import live in support.py: a second conftest.py (tests/vm_guest)
+makes ``from conftest import ...`` ambiguous.
+"""
 
 from __future__ import annotations
 
@@ -12,35 +16,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-MINIRUN = REPO / "bin" / "minirun"
-for entry in (REPO, REPO / "rootfs-fetch"):
-    if str(entry) not in sys.path:
-        sys.path.insert(0, str(entry))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from minirun.spec import default_config  # noqa: E402
+from support import BUSYBOX, SHARED, make_rootfs
 
-BUSYBOX = Path("/bin/busybox")
-
-
-def minirun(*args: str, check: bool = False, timeout: float = 60, cwd: str | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run bin/minirun of this checkout and capture what it prints."""
-    result = subprocess.run([str(MINIRUN), *args], capture_output=True, text=True,
-                            timeout=timeout, cwd=cwd, input=input if input is not None else "",
-                            env={**os.environ, "MINIRUN_LOG": os.environ.get("MINIRUN_LOG",
-                                                                             "warning")})
-    if check and result.returncode != 0:
-        raise AssertionError(f"minirun {' '.join(args)} failed with {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
-
-
-def make_rootfs(dest: Path) -> Path:
-    subprocess.run([str(REPO / "rootfs-fetch" / "busybox-rootfs.sh"), str(dest)], check=True,
-                   capture_output=True)
-    return dest
+from minirun.spec import default_config
 
 
 @pytest.fixture(scope="session")
@@ -133,10 +113,3 @@ def no_leftovers() -> Iterator[None]:
     assert _mounts() - mounts == set(), "mounts left behind"
     assert _netns() - netns == set(), "network namespaces left behind"
     assert _children() == set(), "processes left behind"
-
-
-def only_line(stderr: str) -> str:
-    """The single line minirun printed for an error (a hint line may follow)."""
-    lines = [line for line in stderr.splitlines() if not line.startswith("minirun: hint:")]
-    assert len(lines) == 1, stderr
-    return lines[0]

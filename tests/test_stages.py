@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, minirun
+from support import REPO, minirun
 
 pytestmark = pytest.mark.root
 
