@@ -122,16 +122,24 @@ def perform(mount: MountPlan, root_fd: int) -> None:
     try:
         first = mount.flags if not mount.is_bind else mount.flags & (MS_BIND | MS_REC)
         syscalls.mount(mount.source, target, mount.fstype, first, mount.data or None,
-                       shown_target=mount.destination)
-        # A bind mount takes its other flags only from a remount of the new mount.
+                       shown_target=f"{mount.destination} ({mount.where})")
         extra = mount.flags & _REMOUNT_MASK
+        if (mount.is_bind and extra) or mount.propagation:
+            # target_fd still names the directory under the new mount: open the new mount
+            # itself, or the remount below fails with EINVAL (it is not a mount point).
+            os.close(target_fd)
+            target_fd = -1
+            target_fd = paths.open_in_root(root_fd, mount.destination, os.O_PATH)
+            target = paths.fd_path(target_fd)
+        # A bind mount takes its other flags only from a remount of the new mount.
         if mount.is_bind and extra:
             _remount(target, extra, mount.destination)
         if mount.propagation:
             syscalls.mount(None, target, None, mount.propagation,
                            shown_target=mount.destination)
     finally:
-        os.close(target_fd)
+        if target_fd >= 0:
+            os.close(target_fd)
 
 
 def _remount(target: str, flags: int, shown: str) -> None:
