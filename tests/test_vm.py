@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -192,3 +193,41 @@ def test_run_kills_qemu_on_timeout(private_tmp: Path) -> None:
 
     assert raised.value.qemu_pid > 0 and _gone(raised.value.qemu_pid)
     assert list(private_tmp.iterdir()) == []
+
+
+def _qemu_child(parent: int) -> int:
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if entry.name.isdigit() and int(fields[1]) == parent and not _gone(int(entry.name)):
+            return int(entry.name)
+    return 0
+
+
+def test_qemu_dies_with_a_killed_caller(tmp_path: Path) -> None:
+    """SIGKILL of the process that called run() leaves no VM running (PR_SET_PDEATHSIG)."""
+    if shutil.which(QEMU) is None:
+        _unavailable(f"{QEMU} is not installed")
+    caller = subprocess.Popen(
+        ["/usr/bin/python3", "-c",
+         "from tests.vm import run; run(['sleep', '600'], None, 300, '256M')"],
+        cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        qemu = 0
+        deadline = time.monotonic() + 60
+        while not qemu and time.monotonic() < deadline and caller.poll() is None:
+            time.sleep(0.2)
+            qemu = _qemu_child(caller.pid)
+        assert qemu, "the caller started no qemu"
+    finally:
+        caller.kill()
+        caller.wait()
+
+    deadline = time.monotonic() + 10
+    while not _gone(qemu) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(qemu), f"qemu {qemu} outlived its killed caller"

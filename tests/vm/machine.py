@@ -18,6 +18,7 @@ files the host edits during a run; exchange such files through ``share`` (no cac
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shlex
 import signal
@@ -166,11 +167,14 @@ def _qemu_command(
     return command
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Runs in the child before exec: qemu gets SIGKILL if this Python process dies
     (prctl(2) PR_SET_PDEATHSIG), so a killed test run leaves no VM behind."""
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died before prctl: then nobody would ever kill this VM.
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _boot(
@@ -181,7 +185,7 @@ def _boot(
     chunks: list[bytes] = []
     process = subprocess.Popen(
         qemu, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent,
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
     )
     assert process.stdout is not None and process.stderr is not None
     reader = threading.Thread(target=_pump, args=(process.stdout, chunks, on_output), daemon=True)
