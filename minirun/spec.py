@@ -134,6 +134,8 @@ class _Reader:
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 raise self.fail(f"{path}.{key}[{i}]", f"must be a string, got {_json_type(item)}")
+            if "\0" in item:  # the kernel would see the string cut short at the NUL
+                raise self.fail(f"{path}.{key}[{i}]", "must not contain a NUL character")
         return tuple(items)
 
     def uint(self, obj: dict[str, Any], key: str, path: str, bits: int = 32,
@@ -182,6 +184,8 @@ def load_bundle(bundle: str) -> Spec:
         document = json.loads(data)
     except UnicodeDecodeError:
         raise ConfigError(file, "", "is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(file, "", "invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as error:
         raise ConfigError(file, "", f"invalid JSON at line {error.lineno} column "
                                     f"{error.colno}: {error.msg}") from None
@@ -236,6 +240,12 @@ def _process(r: _Reader, obj: dict[str, Any]) -> Process:
     cwd = r.get(obj, "cwd", "process", str, required=True)
     if not cwd.startswith("/"):
         raise r.fail("process.cwd", f"must be an absolute path, got {cwd!r}")
+    if "\0" in cwd:
+        raise r.fail("process.cwd", "must not contain a NUL character")
+    oom_score_adj = r.get(obj, "oomScoreAdj", "process", int)
+    if oom_score_adj is not None and not -1000 <= oom_score_adj <= 1000:
+        raise r.fail("process.oomScoreAdj", f"must be between -1000 and 1000, got "
+                                            f"{oom_score_adj}")
     env = r.strings(obj, "env", "process")
     for i, item in enumerate(env):
         if "=" not in item:
@@ -249,7 +259,7 @@ def _process(r: _Reader, obj: dict[str, Any]) -> Process:
         rlimits=_rlimits(r, obj),
         no_new_privileges=r.get(obj, "noNewPrivileges", "process", bool, default=False),
         terminal=r.get(obj, "terminal", "process", bool, default=False),
-        oom_score_adj=r.get(obj, "oomScoreAdj", "process", int),
+        oom_score_adj=oom_score_adj,
     )
 
 
