@@ -8,9 +8,14 @@ import logging
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from minirun.errors import EXIT_USAGE, ConfigError, MiniRunError, UnsupportedError
 from minirun.stages import Stage, names
+
+if TYPE_CHECKING:
+    from minirun.isolation.overlay import Overlay
+    from minirun.spec import Spec
 
 log = logging.getLogger("minirun")
 
@@ -34,9 +39,13 @@ def _parser() -> argparse.ArgumentParser:
                      "is the container id)")
     run.add_argument("--stage", choices=names(), help="how much isolation to apply "
                      "(default: oci, everything)")
+    run.add_argument("--store", default="/var/lib/minirun",
+                     help="content store for images (default: /var/lib/minirun)")
     run.add_argument("--explain", action="store_true",
                      help="print the ordered steps the stage would carry out; run nothing")
-    run.add_argument("target", nargs="*", metavar="BUNDLE [ID]")
+    run.add_argument("target", nargs="*", metavar="BUNDLE|IMAGE [ID]",
+                     help="a bundle directory, or an image (OCI layout, oci-archive or "
+                     "docker-save tar, or oci:PATH[:TAG]) to run at stage image or oci")
     run.set_defaults(handler=_run)
 
     spec = commands.add_parser("spec", help="write a default config.json",
@@ -102,23 +111,56 @@ def _run(args: argparse.Namespace) -> int:
     bundle, container_id = _bundle_and_id(args)
     stage = Stage.parse(args.stage) if args.stage else Stage.OCI
 
+    from minirun import image_run
     from minirun import recipe as recipe_module
     from minirun.spec import load_bundle
 
+    if image_run.looks_like_image(bundle):
+        return _run_image(args, bundle, container_id, stage)
     spec = load_bundle(bundle)
     if args.explain:
         print("\n".join(recipe_module.build(spec, stage).explain()))
         return 0
+    return _run_spec(spec, stage, container_id)
+
+
+def _run_spec(spec: Spec, stage: Stage, container_id: str,
+              overlay: Overlay | None = None) -> int:
     if os.geteuid() != 0:
         raise UnsupportedError("minirun run needs root (try sudo)")
+    from minirun import recipe as recipe_module
     from minirun import runtime
     from minirun.cgroup_setup import hooks_for
 
     hooks = hooks_for(spec, stage, container_id)
-    recipe = recipe_module.build(spec, stage, hooks.cgroup)
+    recipe = recipe_module.build(spec, stage, hooks.cgroup, overlay)
     for item in recipe.left_out:
         log.info("stage %s leaves out %s", stage.label, item)
     return runtime.run(recipe, hooks)
+
+
+def _run_image(args: argparse.Namespace, reference: str, container_id: str,
+               stage: Stage) -> int:
+    from pathlib import Path
+
+    from minirun import image_run
+    from minirun import recipe as recipe_module
+
+    if not stage.has(Stage.IMAGE):
+        raise UnsupportedError(f"running an image needs stage image or oci, not "
+                               f"{stage.label} (or: minirun unpack IMAGE BUNDLE, then run "
+                               "the bundle)")
+    if os.geteuid() != 0:
+        raise UnsupportedError("minirun run needs root (try sudo)")
+    container = image_run.prepare(reference, Path(args.store), container_id)
+    try:
+        if args.explain:
+            recipe = recipe_module.build(container.spec, stage, None, container.overlay)
+            print("\n".join(recipe.explain()))
+            return 0
+        return _run_spec(container.spec, stage, container_id, container.overlay)
+    finally:
+        container.remove()
 
 
 def _bundle_and_id(args: argparse.Namespace) -> tuple[str, str]:

@@ -14,8 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from minirun.errors import ConfigError, MiniRunError, SyscallError, UnsupportedError
-from minirun.isolation import devices, mounts, network, paths, process, rootfs, syscalls
+from minirun.isolation import (
+    devices,
+    mounts,
+    network,
+    overlay,
+    paths,
+    process,
+    rootfs,
+    syscalls,
+)
 from minirun.isolation.namespaces import Namespace, flag_names
+from minirun.isolation.overlay import Overlay
 from minirun.spec import Spec
 from minirun.stages import Stage
 
@@ -67,6 +77,7 @@ class Recipe:
     stage: Stage
     namespaces: frozenset[Namespace]
     cgroup: str | None = None  # the container's cgroup directory on the host, if it has one
+    overlay: Overlay | None = None  # image layers to stack on the rootfs (image stage)
     steps: list[Step] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
 
@@ -98,10 +109,15 @@ def _ns_stage(kinds: frozenset[Namespace]) -> str:
     return Stage.NAMESPACES.label if late else Stage.JAIL.label
 
 
-def build(spec: Spec, stage: Stage, cgroup: str | None = None) -> Recipe:
+def build(spec: Spec, stage: Stage, cgroup: str | None = None,
+          overlay: Overlay | None = None) -> Recipe:
     """Turn ``spec`` into the ordered steps that ``stage`` carries out; ``cgroup`` is the
-    container's cgroup directory when the cgroup manager made one."""
-    recipe = Recipe(spec, stage, _namespaces(spec, stage), cgroup)
+    container's cgroup directory when the cgroup manager made one, ``overlay`` the image
+    layers when the rootfs is assembled from an image."""
+    if overlay is not None and not stage.has(Stage.IMAGE):
+        raise UnsupportedError(f"running an image needs stage image or oci, not {stage.label}"
+                               " (or unpack it first: minirun unpack IMAGE BUNDLE)")
+    recipe = Recipe(spec, stage, _namespaces(spec, stage), cgroup, overlay)
     _check_unsupported(spec, stage, recipe)
     if stage.has(Stage.JAIL):
         _jail_root(spec, stage, recipe)
@@ -162,6 +178,9 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     root = spec.root
     recipe.add(Stage.JAIL, "mount(none -> /, MS_REC|MS_PRIVATE)",
                lambda ctx: rootfs.make_private())
+    layers = recipe.overlay
+    if layers is not None:
+        recipe.add(Stage.IMAGE, layers.describe(root), lambda ctx: overlay.mount(layers, root))
     recipe.add(Stage.JAIL, f"mount({root} -> {root}, bind, MS_BIND|MS_REC)",
                lambda ctx: rootfs.bind_onto_itself(root))
     recipe.add(Stage.JAIL, f"open({root}, O_PATH|O_DIRECTORY)", lambda ctx: _open_root(ctx, root))
