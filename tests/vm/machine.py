@@ -97,6 +97,9 @@ def run(
     read-write at its own path. ``on_output`` receives the output as it arrives.
     qemu is always killed by its pid before this returns or raises, and the job directory is
     removed; only the console log is kept (in the cache's logs/, the last 20).
+    Not yet: a caller killed with SIGKILL leaves its small job directory in TMPDIR (its qemu
+    dies with it); remove this note when stale job directories are swept at start.
+    The command's stdin is /dev/null and it has no terminal.
     Raises VmTimeout after ``timeout`` seconds, VmError when the VM reports no exit status.
     """
     if not command:
