@@ -132,6 +132,8 @@ def _run_spec(spec: Spec, stage: Stage, container_id: str,
     from minirun import runtime
     from minirun.cgroup_setup import hooks_for
 
+    # Refuse a bad or unsupported config before the cgroup probe warns about anything.
+    recipe_module.build(spec, stage)
     hooks = hooks_for(spec, stage, container_id)
     recipe = recipe_module.build(spec, stage, hooks.cgroup, overlay)
     for item in recipe.left_out:
