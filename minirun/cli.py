@@ -133,7 +133,7 @@ def _run_spec(spec: Spec, stage: Stage, container_id: str,
     from minirun.cgroup_setup import hooks_for
 
     # Refuse a bad or unsupported config before the cgroup probe warns about anything.
-    recipe_module.build(spec, stage)
+    recipe_module.build(spec, stage, None, overlay)
     hooks = hooks_for(spec, stage, container_id)
     recipe = recipe_module.build(spec, stage, hooks.cgroup, overlay)
     for item in recipe.left_out:
