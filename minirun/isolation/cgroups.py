@@ -881,8 +881,9 @@ def guard(manager: CgroupManager) -> int:
     """Fork a watchdog that calls ``manager.destroy()`` when minirun goes away; return its fd.
 
     The watchdog blocks reading a pipe whose only write end is the returned fd (close-on-exec,
-    so the container never holds it). EOF, which the kernel delivers however minirun ends,
-    SIGKILL included, makes it destroy the cgroup. Call :func:`disarm` after a normal clean-up.
+    so the container never holds it; a process minirun forks later holds a copy until it execs
+    or exits). EOF, which the kernel delivers however minirun ends, SIGKILL included, makes it
+    destroy the cgroup. Call :func:`disarm` after a normal clean-up.
     Call this after ``manager.create()``: the watchdog works on a copy of the manager as it is
     now. Double fork: the middle child exits at once and is reaped here, so the watchdog is
     adopted by init (or the nearest subreaper) and never becomes minirun's zombie.
