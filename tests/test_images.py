@@ -484,3 +484,47 @@ def test_tar_without_end_blocks_is_accepted_but_a_cut_file_is_not(tmp_path: Path
     assert (root / "b").read_bytes() == b"22"
     with pytest.raises(UnpackError, match="ends inside entry 'b'"):
         unpack_stream(io.BytesIO(trailer_cut[:-1]), root, Mode.FLATTEN, Options(), "layer 0")
+
+
+def test_docker25_archive_with_index_and_manifest_json(tmp_path: Path) -> None:
+    """Docker 25+ `docker save` writes an OCI layout inside the tar, plus manifest.json."""
+    layout = make_layout(tmp_path / "img", [[f("from-docker25", b"yes")]])
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["annotations"] = {
+        "io.containerd.image.name": "docker.io/library/demo:1.0",
+        "org.opencontainers.image.ref.name": "1.0"}
+    (layout / "index.json").write_text(json.dumps(index))
+    manifest = json.loads(_only_manifest(layout).read_text())
+    legacy = [{"Config": "blobs/sha256/" + manifest["config"]["digest"][7:],
+               "RepoTags": ["demo:1.0"],
+               "Layers": ["blobs/sha256/" + manifest["layers"][0]["digest"][7:]]}]
+    (layout / "manifest.json").write_text(json.dumps(legacy))
+    archive = tmp_path / "demo.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(layout, arcname=".")
+    for reference in (str(archive), f"docker-archive:{archive}", f"{archive}:demo:1.0"):
+        root = unpack(Path(reference), tmp_path, name=f"r{abs(hash(reference))}")
+        assert (root / "from-docker25").read_bytes() == b"yes"
+
+
+def test_index_without_platform_is_checked_against_the_config(tmp_path: Path) -> None:
+    layout = make_layout(tmp_path / "img", [[f("a")]])
+    with pytest.raises(ImageError, match="the image is for linux/amd64, not linux/arm64"):
+        open_image(str(layout), Platform("linux", "arm64"))
+
+
+def test_efficiency_of_overwritten_removed_and_opaqued_files(tmp_path: Path) -> None:
+    from rootfs_fetch.efficiency import efficiency
+
+    layout = make_layout(tmp_path / "img", [
+        [d("a"), f("a/big", b"1" * 1000), f("a/small", b"2" * 10), d("o"), f("o/x", b"3" * 100),
+         d("dir"), f("dir/in", b"4" * 40), f("kept", b"5" * 5)],
+        [f("a/big", b"new"), f("a/.wh.small"), f("o/.wh..wh..opq"), f("o/y", b"6"),
+         f("dir", b"now a file")],
+        [f("a/big", b"newest")],
+    ])
+    with open_image(str(layout)) as image:
+        report = efficiency(image)
+    assert [layer.wasted for layer in report.layers] == [1000 + 10 + 100 + 40, 3, 0]
+    assert report.size == 1155 + 3 + 1 + 10 + 6
+    assert report.score == pytest.approx((report.size - 1153) / report.size)

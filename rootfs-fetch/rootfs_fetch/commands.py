@@ -1,14 +1,17 @@
 """``minirun unpack``, ``minirun images`` and ``minirun rmi``: argument set-up and commands.
 
-Kept import-light (argparse only at the top) so that building minirun's parser costs nothing;
-each command imports what it needs when it runs. Errors are raised as minirun.errors classes
-for the command line to print.
+Kept import-light (argparse and functools only at the top) so that building minirun's parser
+costs nothing; each command imports what it needs when it runs. Errors are raised as
+minirun.errors classes for the command line to print.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 _DEFAULT_STORE = "/var/lib/minirun"
 _IMAGE_HELP = ("a path to an OCI layout directory, an oci-archive tar or a docker-save tar; "
@@ -27,6 +30,24 @@ def add_unpack_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep setuid/setgid bits and file capabilities (removed by default)")
 
 
+def _os_errors_named(command: Callable[..., int]) -> Callable[..., int]:
+    """An OSError that escapes (a bundle path that cannot be made, a full disk) becomes one
+    line naming the file, like every other error, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        from minirun.errors import MiniRunError
+
+        try:
+            return command(*args, **kwargs)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise MiniRunError(f"{where}{exc.strerror or exc}") from exc
+
+    return wrapper
+
+
+@_os_errors_named
 def unpack_command(args: argparse.Namespace) -> int:
     """Unpack IMAGE into BUNDLE/rootfs and write BUNDLE/config.json from its config."""
     import json
@@ -82,6 +103,7 @@ def add_images_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --efficiency: image to pick from a multi-platform index")
 
 
+@_os_errors_named
 def images_command(args: argparse.Namespace) -> int:
     if args.efficiency:
         return _efficiency_command(args)
@@ -117,6 +139,7 @@ def add_rmi_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=_DEFAULT_STORE, help="content store directory")
 
 
+@_os_errors_named
 def rmi_command(args: argparse.Namespace, in_use: frozenset[str] = frozenset()) -> int:
     """``in_use``: ids of images that containers still run on (the runtime knows them)."""
     from .store import rmi

@@ -9,6 +9,8 @@ It reads the layer streams only (verified as usual); nothing is written.
 
 from __future__ import annotations
 
+import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .source import Image, LayerStream
@@ -36,15 +38,21 @@ class Report:
 
 
 def efficiency(image: Image) -> Report:
-    final: dict[str, tuple[int, int]] = {}  # path -> (layer index, size) of what is on top
+    # path -> (layer index, size, is a directory) of what is on top so far
+    final: dict[str, tuple[int, int, bool]] = {}
     sizes = [0] * len(image.layers)
     wasted = [0] * len(image.layers)
     files = [0] * len(image.layers)
 
-    def drop(path: str, below: int, subtree: bool) -> None:
-        hit = [p for p in final if (p == path and not subtree) or p.startswith(path + "/")]
+    def drop(path: str, below: int) -> None:
+        """What layers under ``below`` put at ``path`` (and beneath it) no longer shows."""
+        top = final.get(path)
+        hit = [path] if top else []
+        if top is None or top[2]:  # scan for children only below a (possible) directory
+            prefix = path + "/" if path else ""
+            hit += [p for p in final if p.startswith(prefix) and p != path]
         for key in hit:
-            owner, size = final[key]
+            owner, size, _ = final[key]
             if owner < below:
                 wasted[owner] += size
                 del final[key]
@@ -54,27 +62,33 @@ def efficiency(image: Image) -> Report:
         with LayerStream(image, layer) as stream:
             for _tar, member in read_members(stream.tar, layer.what):
                 parts = split_name(member.name, layer.what)
-                if not parts:
-                    continue
-                parent, base = "/".join(parts[:-1]), parts[-1]
+                base = parts[-1] if parts else ""
                 if base == OPAQUE_MARKER:
-                    drop(parent, index, subtree=True)
-                    continue
-                if base.startswith(WHITEOUT_PREFIX):
-                    target = "/".join([*parts[:-1], base.removeprefix(WHITEOUT_PREFIX)])
-                    drop(target, index, subtree=False)
-                    drop(target, index, subtree=True)
-                    continue
-                path = "/".join(parts)
-                drop(path, index + 1, subtree=False)
-                if not member.isdir():  # a file replacing a directory removes its tree
-                    drop(path, index, subtree=True)
-                size = member.size if member.isreg() else 0
-                final[path] = (index, size)
-                sizes[index] += size
-                files[index] += 1 if member.isreg() else 0
+                    parent = "/".join(parts[:-1])
+                    for key in [k for k in final if k.startswith(parent + "/" if parent else "")]:
+                        if key != parent:
+                            drop(key, index)
+                elif base.startswith(WHITEOUT_PREFIX):
+                    drop("/".join([*parts[:-1], base.removeprefix(WHITEOUT_PREFIX)]), index)
+                elif parts:
+                    _place(final, drop, "/".join(parts), index, member)
+                    size = member.size if member.isreg() else 0
+                    sizes[index] += size
+                    files[index] += 1 if member.isreg() else 0
             stream.finish()
     reports = tuple(LayerEfficiency(layer.index, str(layer.diff_id), sizes[layer.index],
                                     wasted[layer.index], files[layer.index])
                     for layer in image.layers)
     return Report(reports, sum(sizes), sum(wasted))
+
+
+def _place(final: dict[str, tuple[int, int, bool]], drop: Callable[[str, int], None],
+           path: str, index: int, member: tarfile.TarInfo) -> None:
+    top = final.get(path)
+    if top is not None:
+        if member.isdir() and top[2]:
+            return  # a directory entry over a directory merges with it
+        # The same path again (this or a lower layer): the older one is wasted; a directory
+        # replaced by anything else takes its whole tree with it.
+        drop(path, index + 1)
+    final[path] = (index, member.size if member.isreg() else 0, member.isdir())

@@ -174,10 +174,12 @@ class Layer:
     size: int | None
     diff_id: Digest
     member: str  # where the blob lives (a digest path or a docker-save member name)
+    image: str = ""  # the reference, for messages
 
     @property
     def what(self) -> str:
-        return f"layer {self.index} ({self.digest or self.member})"
+        where = f"{self.image}: " if self.image else ""
+        return f"{where}layer {self.index} ({self.digest or self.member})"
 
 
 @dataclass
@@ -241,7 +243,9 @@ def _ref_names(descriptor: dict[str, Any]) -> list[str]:
 
 
 def _tag_matches(descriptor: dict[str, Any], tag: str) -> bool:
-    return any(name == tag or name.endswith(":" + tag) for name in _ref_names(descriptor))
+    # "1.0" and "demo:1.0" both name docker.io/library/demo:1.0 (Docker's short names).
+    return any(name == tag or name.endswith((":" + tag, "/" + tag))
+               for name in _ref_names(descriptor))
 
 
 def _expand(blobs: Blobs, manifests: list[Any], depth: int) -> Iterator[dict[str, Any]]:
@@ -309,7 +313,8 @@ def _layers_from_manifest(manifest: dict[str, Any], config: dict[str, Any],
         digest = parse_digest(descriptor.get("digest"), what)
         size = _descriptor_size(descriptor, what)
         member = f"blobs/{digest.algorithm}/{digest.encoded}"
-        layers.append(Layer(position, media_type, digest, size, diff_ids[position], member))
+        layers.append(Layer(position, media_type, digest, size, diff_ids[position], member,
+                            where))
     return tuple(layers)
 
 
@@ -342,8 +347,17 @@ def _open_oci(blobs: Blobs, reference: str, tag: str | None, platform: Platform)
     config_digest, config = _read_blob_json(blobs, config_descriptor, f"{where}: config")
     if not isinstance(config, dict):
         raise ImageError(f"{where}: config is not an object")
+    _check_platform(config, platform, where)
     layers = _layers_from_manifest(manifest, config, where)
     return Image(reference, config_digest, config, layers, blobs)
+
+
+def _check_platform(config: dict[str, Any], platform: Platform, where: str) -> None:
+    """An index without platform fields still has the platform in the config."""
+    found = (config.get("os"), config.get("architecture"))
+    if None not in found and found != (platform.os, platform.architecture):
+        raise ImageError(f"{where}: the image is for {found[0]}/{found[1]}, not {platform}",
+                         "choose another with --platform OS/ARCH")
 
 
 # --- legacy docker save ------------------------------------------------------------------
@@ -367,7 +381,7 @@ def _open_docker_legacy(blobs: TarBlobs, reference: str, tag: str | None) -> Ima
         raise ImageError(f"{where}: manifest.json lists no images")
     if tag is not None:
         entries = [e for e in entries if isinstance(e, dict) and any(
-            t == tag or t.endswith(":" + tag) for t in e.get("RepoTags") or [])]
+            t == tag or t.endswith((":" + tag, "/" + tag)) for t in e.get("RepoTags") or [])]
     if len(entries) != 1 or not isinstance(entries[0], dict):
         raise ImageError(f"{where}: manifest.json has {len(entries)} images for {tag or 'any tag'};"
                          " name one with docker-archive:PATH:NAME:TAG")
@@ -389,7 +403,7 @@ def _open_docker_legacy(blobs: TarBlobs, reference: str, tag: str | None) -> Ima
         member = _member_name(value, f"{where}: manifest.json Layers[{position}]")
         size = blobs.members[member].size if member in blobs.members else None
         layers.append(Layer(position, "application/vnd.docker.image.rootfs.diff.tar", None,
-                            size, diff_ids[position], member))
+                            size, diff_ids[position], member, where))
     return Image(reference, config_digest, config, tuple(layers), blobs)
 
 
@@ -403,9 +417,13 @@ def _sha256(data: bytes) -> str:
 
 
 def _split_tag(text: str) -> tuple[str, str | None]:
-    """``PATH[:TAG]``; a path that exists as written wins over a tag split."""
+    """``PATH[:TAG]``, where TAG may hold colons itself (``name:tag``): the shortest prefix
+    that exists is the path; a path that exists as written wins over any split."""
     if os.path.exists(text) or ":" not in text:
         return text, None
+    for position, char in enumerate(text):
+        if char == ":" and os.path.exists(text[:position]):
+            return text[:position], text[position + 1:] or None
     path, _, tag = text.rpartition(":")
     return path, tag
 

@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # file data copied per read()
+# tarfile's stream buffer: it re-slices the buffer on every 512-byte header read, so a large
+# buffer costs copies (1 MiB made a Debian layer 0.6 s slower than 64 KiB; measured).
+_TAR_BUFFER = 64 << 10
 _DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -493,7 +496,7 @@ def read_members(stream: Readable, what: str) -> Iterator[tuple[tarfile.TarFile,
     tail = ZeroTail(stream, what)
     last = None
     try:
-        with tarfile.open(fileobj=tail, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=tail, mode="r|", bufsize=_TAR_BUFFER) as tar:  # type: ignore[call-overload]
             for member in tar:
                 last = member
                 yield tar, member
