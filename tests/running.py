@@ -1,0 +1,114 @@
+"""A container started in the background, for tests that signal or kill minirun mid-run.
+
+:class:`Running` starts ``minirun run`` with debug logging and waits for the runtime's line
+that says the container process has called execve, so a signal sent afterwards reaches the
+program and not the set-up. Leaving the ``with`` block ends minirun (by its pid) if a test
+stopped early.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+from support import MINIRUN
+
+_RUNNING = re.compile(r"container process (\d+) is running")
+
+# Run minirun with descriptors 3..12 open on a host directory, as a careless caller (or a
+# runtime with a leak, CVE-2024-21626) would hand them down; exec keeps the pid.
+_LEAK = ("import os, sys\n"
+         "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+         "for number in range(3, 13):\n"
+         "    if number != fd:\n"
+         "        os.dup2(fd, number)\n"
+         "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def leaking_fds(directory: str | Path) -> list[str]:
+    """A command prefix that runs the rest with fds 3..12 open on ``directory``."""
+    return ["/usr/bin/python3", "-I", "-c", _LEAK, str(directory)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids: list[int], timeout: float = 5) -> list[int]:
+    """Wait until none of ``pids`` is alive; return those still alive after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [pid for pid in pids if alive(pid)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if alive(pid)]
+
+
+class Running:
+    """``minirun run ARGS`` in the background; ``container_pid`` is the program's host pid."""
+
+    def __init__(self, *args: str, prefix: list[str] | None = None,
+                 timeout: float = 30) -> None:
+        self.proc = subprocess.Popen(
+            [*(prefix or []), str(MINIRUN), *args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "MINIRUN_LOG": "debug"})
+        self.stderr = ""
+        self.container_pid = self._wait_running(timeout)
+        # minirun's children: the init process and the container process.
+        self.descendants = [child.pid for child in
+                            psutil.Process(self.proc.pid).children(recursive=True)]
+
+    def _wait_running(self, timeout: float) -> int:
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self.stderr += chunk.decode(errors="replace")
+            match = _RUNNING.search(self.stderr)
+            if match:
+                return int(match.group(1))
+        self.kill()
+        raise AssertionError(f"the container did not start:\n{self.stderr}")
+
+    def send(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def finish(self, timeout: float = 20) -> tuple[int, str, str]:
+        """Wait for minirun to end; return its exit status, stdout and stderr."""
+        out, err = self.proc.communicate(timeout=timeout)
+        self.stderr += err.decode(errors="replace")
+        return self.proc.returncode, out.decode(errors="replace"), self.stderr
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.communicate()
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.kill()
+        wait_gone(self.descendants)
