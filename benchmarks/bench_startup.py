@@ -108,6 +108,14 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class ImportRow:
+    module: str
+    cumulative_ms: float
+    self_ms: float
+    depth: int  # how deep in the import tree it was first imported
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: Path
     crun_config: Path
@@ -186,7 +194,7 @@ def _make_bundle(work: Path) -> Bundle:
 
 def _spawn_and_wait(argv: list[str], stderr_fd: int | None = None) -> Trial:
     """Start argv (output to /dev/null), wait; the same path for every runtime."""
-    actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+    actions: list[tuple[int | str, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
     if stderr_fd is None:
         actions.append((os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0))
@@ -259,7 +267,7 @@ def interpreter_start(repeat: int) -> dict[str, float]:
 _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
-def import_times(bundle: Bundle, runs: int) -> tuple[list[dict[str, object]], float]:
+def import_times(bundle: Bundle, runs: int) -> tuple[list[ImportRow], float]:
     """Run `minirun run` under -X importtime; the top 10 modules by median cumulative time,
     and the median sum of the top-level imports (everything imported, in seconds)."""
     per_module: dict[str, list[tuple[int, int, int]]] = {}
@@ -289,12 +297,10 @@ def import_times(bundle: Bundle, runs: int) -> tuple[list[dict[str, object]], fl
         for name, value in seen.items():
             per_module.setdefault(name, []).append(value)
         totals.append(total / 1e6)
-    rows = [{"module": name,
-             "cumulative_ms": statistics.median(v[0] for v in values) / 1000,
-             "self_ms": statistics.median(v[1] for v in values) / 1000,
-             "depth": values[0][2]}
+    rows = [ImportRow(name, statistics.median(v[0] for v in values) / 1000,
+                      statistics.median(v[1] for v in values) / 1000, values[0][2])
             for name, values in per_module.items()]
-    rows.sort(key=lambda row: -float(row["cumulative_ms"]))  # type: ignore[arg-type]
+    rows.sort(key=lambda row: -row.cumulative_ms)
     return rows[:10], statistics.median(totals)
 
 
@@ -330,7 +336,7 @@ def _group(label: str) -> str:
     return GROUPS[3]
 
 
-def timeline(bundle: Bundle, runs: int) -> tuple[list[dict[str, object]], dict[str, float]]:
+def timeline(bundle: Bundle, runs: int) -> tuple[dict[str, float], dict[str, float]]:
     """Phases of one `minirun run`, median over ``runs``: each lasts until the next stamp;
     and the median of each group of phases (seconds)."""
     per_phase: dict[str, list[float]] = {}
@@ -368,8 +374,7 @@ def timeline(bundle: Bundle, runs: int) -> tuple[list[dict[str, object]], dict[s
             per_phase.setdefault(label, []).append(after - when)
         for group, total in sums.items():
             per_group[group].append(total)
-    phases = [{"phase": label, "ms": statistics.median(per_phase[label]) * 1000}
-              for label in order]
+    phases = {label: statistics.median(per_phase[label]) for label in order}
     return phases, {group: statistics.median(values) for group, values in per_group.items()}
 
 
@@ -404,8 +409,8 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 
 
 def report(trials: dict[str, list[Trial]], interpreter: dict[str, float],
-           imports: list[dict[str, object]], import_total: float,
-           phases: list[dict[str, object]], groups: dict[str, float], repeat: int,
+           imports: list[ImportRow], import_total: float,
+           phases: dict[str, float], groups: dict[str, float], repeat: int,
            load: tuple[float, float]) -> dict[str, object]:
     wall = {name: _summary([t.wall for t in values]) for name, values in trials.items()}
     cpu = {name: statistics.median(t.cpu for t in values) for name, values in trials.items()}
@@ -426,25 +431,27 @@ def report(trials: dict[str, list[Trial]], interpreter: dict[str, float],
            [[label, _ms(value)] for label, value in interpreter.items()])
     _table(f"imports of a real run under -X importtime: top 10 by cumulative (median ms; "
            f"all imports {_ms(import_total)} ms)", ["module", "cumulative", "self"],
-           [["  " * int(row["depth"]) + str(row["module"]),  # type: ignore[call-overload]
-             f"{row['cumulative_ms']:.1f}", f"{row['self_ms']:.1f}"] for row in imports])
+           [["  " * row.depth + row.module, f"{row.cumulative_ms:.1f}", f"{row.self_ms:.1f}"]
+            for row in imports])
     _table("timeline of one run, debug logging on (median ms; a phase lasts until the next)",
-           ["phase", "ms"], [[str(p["phase"]), f"{p['ms']:.2f}"] for p in phases])
+           ["phase", "ms"], [[label, f"{value * 1000:.2f}"] for label, value in phases.items()])
     _table("the timeline in parts (median of each part's sum, ms)", ["part", "ms"],
-           [[group, _ms(value)] for group, value in groups.items()])
+           [*([group, _ms(value)] for group, value in groups.items()),
+            ["sum of the parts (the timed runs' median above: "
+             f"{_ms(wall['minirun']['median'])})", _ms(sum(groups.values()))]])
     return {"bench": "startup", "stage": STAGE, "repeat": repeat,
             "wall_ms": {name: {k: round(v * 1000, 2) for k, v in w.items()}
                         for name, w in wall.items()},
             "cpu_median_ms": {name: round(v * 1000, 2) for name, v in cpu.items()},
             "ratio_median": round(ratio, 3), "ratio_p90": round(ratio_p90, 3),
-            "ratio_cpu": round(ratio_cpu, 3), "load_average_1min": list(load),
+            "ratio_cpu": round(ratio_cpu, 3), "load_average_1min": [round(x, 2) for x in load],
             "goal_ratio": GOAL_RATIO, "runc_vs_crun_measured_earlier": 3.4,
             "interpreter_ms": {k: round(v * 1000, 2) for k, v in interpreter.items()},
             "imports_total_ms": round(import_total * 1000, 2),
-            "imports_top10": [{k: round(v, 2) if isinstance(v, float) else v
-                               for k, v in row.items()} for row in imports],
-            "timeline_ms": [{"phase": p["phase"], "ms": round(float(p["ms"]), 3)}  # type: ignore[arg-type]
-                            for p in phases],
+            "imports_top10": [{"module": row.module, "cumulative_ms": round(row.cumulative_ms, 2),
+                               "self_ms": round(row.self_ms, 2), "depth": row.depth}
+                              for row in imports],
+            "timeline_ms": {label: round(value * 1000, 3) for label, value in phases.items()},
             "timeline_parts_ms": {group: round(value * 1000, 2)
                                   for group, value in groups.items()}}
 
