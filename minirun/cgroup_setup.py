@@ -54,8 +54,11 @@ def _manager_hooks(spec: Spec, container_id: str, files: dict[str, str]) -> Hook
 
     def cleanup() -> None:
         manager.destroy()
-        if "guard" in state:
-            cgroups.disarm(state["guard"])
+        disarm()
 
-    return Hooks(place=place, cgroup=str(manager.path), cleanup=cleanup,
+    def disarm() -> None:
+        if "guard" in state:
+            cgroups.disarm(state.pop("guard"))
+
+    return Hooks(place=place, cgroup=str(manager.path), cleanup=cleanup, disarm=disarm,
                  oom_killed=manager.oom_killed)

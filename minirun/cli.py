@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from minirun.errors import EXIT_USAGE, ConfigError, MiniRunError, UnsupportedError
@@ -26,13 +27,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minirun",
         description="A container runtime that builds isolation up stage by stage: "
-                    + ", ".join(f"{s.label} ({s.year})" for s in Stage) + ".")
+                    + ", ".join(f"{s.label} ({s.year})" for s in Stage) + ". It takes "
+                    "runc's command line, so podman and containerd can drive it.")
     parser.add_argument("--debug", action="store_true",
                         help="log every step and show tracebacks")
+    parser.add_argument("--root", default="/run/minirun",
+                        help="state directory (default: /run/minirun)")
+    parser.add_argument("--log", help="write log lines (and errors) to this file")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--systemd-cgroup", action="store_true",
+                        help="not supported: minirun manages cgroupfs directly")
+    parser.add_argument("--rootless", default="false", help=argparse.SUPPRESS)
+    parser.add_argument("--criu", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    run = commands.add_parser("run", help="run a container in the foreground",
+    run = commands.add_parser("run", help="create and start a container (foreground)",
                               description="Run BUNDLE's config.json at the chosen stage. The "
                               "container's exit status becomes minirun's (128+N for signal N).")
     run.add_argument("-b", "--bundle", help="the bundle directory (then the first argument "
@@ -43,23 +53,103 @@ def _parser() -> argparse.ArgumentParser:
                      help="content store for images (default: /var/lib/minirun)")
     run.add_argument("--explain", action="store_true",
                      help="print the ordered steps the stage would carry out; run nothing")
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="create and start the container, then return")
+    _create_options(run)
     run.add_argument("target", nargs="*", metavar="BUNDLE|IMAGE [ID]",
                      help="a bundle directory, or an image (OCI layout, oci-archive or "
                      "docker-save tar, or oci:PATH[:TAG]) to run at stage image or oci")
     run.set_defaults(handler=_run)
+
+    create = commands.add_parser("create", help="create a container; it waits for start")
+    create.add_argument("-b", "--bundle", default=".", help="the bundle directory")
+    create.add_argument("--stage", choices=names(), help=argparse.SUPPRESS)
+    _create_options(create)
+    create.add_argument("id", metavar="ID")
+    create.set_defaults(handler=_create)
+
+    for name, help_text in (("start", "let a created container run its process"),
+                            ("state", "print the runtime-spec state of a container"),
+                            ("pause", "freeze every process of a container"),
+                            ("resume", "thaw a paused container")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("id", metavar="ID")
+        sub.set_defaults(handler=_simple)
+
+    kill = commands.add_parser("kill", help="send a signal to a container's init")
+    kill.add_argument("-a", "--all", action="store_true", help="to every process of it")
+    kill.add_argument("id", metavar="ID")
+    kill.add_argument("signal", nargs="?", default="SIGTERM", metavar="SIGNAL")
+    kill.set_defaults(handler=_kill)
+
+    delete = commands.add_parser("delete", help="remove a stopped container")
+    delete.add_argument("-f", "--force", action="store_true",
+                        help="kill it first if it still runs")
+    delete.add_argument("id", metavar="ID")
+    delete.set_defaults(handler=_delete)
+
+    listing = commands.add_parser("list", help="list containers")
+    listing.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    listing.add_argument("-q", "--quiet", action="store_true", help="ids only")
+    listing.set_defaults(handler=_list)
+
+    ps = commands.add_parser("ps", help="list a container's processes")
+    ps.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    ps.add_argument("id", metavar="ID")
+    ps.add_argument("ps_args", nargs="*", help=argparse.SUPPRESS)
+    ps.set_defaults(handler=_ps)
+
+    execute = commands.add_parser("exec", help="run another process in a container")
+    execute.add_argument("-p", "--process", help="a process.json (runtime-spec process)")
+    execute.add_argument("-d", "--detach", action="store_true")
+    execute.add_argument("-t", "--tty", action="store_true")
+    execute.add_argument("--console-socket")
+    execute.add_argument("--pid-file")
+    execute.add_argument("-e", "--env", action="append", default=[])
+    execute.add_argument("--cwd")
+    execute.add_argument("-u", "--user", help="UID[:GID]")
+    execute.add_argument("--cap", action="append", default=[], help=argparse.SUPPRESS)
+    execute.add_argument("--no-new-privs", action="store_true", help=argparse.SUPPRESS)
+    execute.add_argument("--preserve-fds", type=int, default=0, help=argparse.SUPPRESS)
+    execute.add_argument("id", metavar="ID")
+    execute.add_argument("args", nargs=argparse.REMAINDER)
+    execute.set_defaults(handler=_exec)
 
     spec = commands.add_parser("spec", help="write a default config.json",
                                description="Write a default config.json for a bundle, as "
                                "'runc spec' does.")
     spec.add_argument("-b", "--bundle", default=".", help="where to write (default: .)")
     spec.add_argument("--force", action="store_true", help="overwrite an existing config.json")
+    spec.add_argument("--rootless", action="store_true",
+                      help="map the caller's uid and gid to root in a user namespace")
     spec.add_argument("args", nargs="*", help="the process to run (default: sh)")
     spec.set_defaults(handler=_spec)
 
+    features = commands.add_parser("features", help="print the runtime-spec features document")
+    features.set_defaults(handler=lambda args: _lifecycle().features())
     stages = commands.add_parser("stages", help="list the stages")
     stages.set_defaults(handler=_stages)
     _add_image_commands(commands)
     return parser
+
+
+def _create_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pid-file", help="write the container's host pid here")
+    parser.add_argument("--console-socket", help="unix socket to send the pty master to")
+    parser.add_argument("--no-pivot", action="store_true",
+                        help="move the rootfs onto / and chroot instead of pivot_root "
+                        "(for a ramdisk root)")
+    parser.add_argument("--no-new-keyring", action="store_true",
+                        help="minirun never creates a session keyring; accepted for runc "
+                        "compatibility")
+    parser.add_argument("--preserve-fds", type=int, default=0,
+                        help="pass this many descriptors from 3 up to the container")
+
+
+def _lifecycle() -> ModuleType:
+    from minirun import lifecycle
+
+    return lifecycle
 
 
 def _add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -84,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args)
     try:
+        if args.systemd_cgroup:
+            raise UnsupportedError("--systemd-cgroup is not supported: minirun manages "
+                                   "cgroupfs itself (use cgroup_manager = \"cgroupfs\")")
         return int(args.handler(args))
     except MiniRunError as error:
         if args.debug:
@@ -91,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minirun: {error.message}", file=sys.stderr)
         if error.hint:
             print(f"minirun: hint: {error.hint}", file=sys.stderr)
+        if args.log:
+            log.error("%s", error.message + (f" ({error.hint})" if error.hint else ""))
         return error.exit_code
     except KeyboardInterrupt:
         return 130
@@ -105,6 +200,21 @@ def _setup_logging(args: argparse.Namespace) -> None:
         level = "INFO" if getattr(args, "stage", None) else "WARNING"
     logging.basicConfig(format="minirun: %(message)s", level=getattr(logging, level,
                                                                      logging.WARNING))
+    if args.log:
+        # conmon and containerd-shim read errors from this file (runc's --log contract).
+        handler = logging.FileHandler(args.log)
+        handler.setFormatter(_JsonFormatter() if args.log_format == "json"
+                             else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import time
+
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        return json.dumps({"level": record.levelname.lower().replace("warning", "warn"),
+                           "msg": record.getMessage(), "time": stamp})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -117,6 +227,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if image_run.looks_like_image(bundle):
         return _run_image(args, bundle, container_id, stage)
+    if args.detach:
+        _create(args, bundle=bundle, container_id=container_id)
+        return int(_lifecycle().start(args.root, container_id))
     spec = load_bundle(bundle)
     if args.explain:
         print("\n".join(recipe_module.build(spec, stage).explain()))
@@ -187,19 +300,90 @@ def _bundle_and_id(args: argparse.Namespace) -> tuple[str, str]:
     return bundle, container_id
 
 
+def _create(args: argparse.Namespace, bundle: str | None = None,
+            container_id: str | None = None) -> int:
+    lifecycle = _lifecycle()
+    if os.geteuid() != 0:
+        raise UnsupportedError("minirun create needs root (try sudo)")
+    options = lifecycle.CreateOptions(
+        root=args.root, bundle=bundle or args.bundle, container_id=container_id or args.id,
+        pid_file=args.pid_file, console_socket=args.console_socket,
+        stage=Stage.parse(args.stage) if args.stage else Stage.OCI)
+    return int(lifecycle.create(options))
+
+
+def _simple(args: argparse.Namespace) -> int:
+    lifecycle = _lifecycle()
+    if args.command == "start":
+        return int(lifecycle.start(args.root, args.id))
+    if args.command == "state":
+        return int(lifecycle.state(args.root, args.id))
+    return int(lifecycle.pause(args.root, args.id, freeze=args.command == "pause"))
+
+
+def _kill(args: argparse.Namespace) -> int:
+    lifecycle = _lifecycle()
+    return int(lifecycle.kill(args.root, args.id, lifecycle.parse_signal(args.signal),
+                              args.all))
+
+
+def _delete(args: argparse.Namespace) -> int:
+    return int(_lifecycle().delete(args.root, args.id, args.force))
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.quiet:
+        from minirun.state import all_ids
+
+        print("\n".join(all_ids(args.root)))
+        return 0
+    return int(_lifecycle().list_containers(args.root, args.format == "json"))
+
+
+def _ps(args: argparse.Namespace) -> int:
+    return int(_lifecycle().ps(args.root, args.id, args.format == "json"))
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from minirun import exec_process
+
+    return exec_process.execute(args)
+
+
 def _spec(args: argparse.Namespace) -> int:
     from minirun.spec import CONFIG_NAME, default_config
 
     path = os.path.join(args.bundle, CONFIG_NAME)
     if os.path.exists(path) and not args.force:
         raise ConfigError(path, "", "already exists (use --force to overwrite)")
-    text = json.dumps(default_config(args.args), indent=2) + "\n"
+    config = default_config(args.args)
+    if args.rootless:
+        _make_rootless(config)
+    text = json.dumps(config, indent=2) + "\n"
     try:
         with open(path, "x" if not args.force else "w") as stream:
             stream.write(text)
     except OSError as error:
         raise ConfigError(path, "", f"cannot be written: {error.strerror}") from None
     return 0
+
+
+def _make_rootless(config: dict) -> None:  # type: ignore[type-arg]
+    """What runc spec --rootless changes: a user namespace mapping the caller to root, no
+    network namespace (an unprivileged user cannot configure one), sysfs bound, no cgroup."""
+    uid, gid = os.getuid(), os.getgid()
+    linux = config["linux"]
+    linux["namespaces"] = [n for n in linux["namespaces"] if n["type"] != "network"]
+    linux["namespaces"].append({"type": "user"})
+    linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}]
+    linux["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}]
+    config["mounts"] = [m for m in config["mounts"] if m["type"] not in ("cgroup", "mqueue")]
+    for mount in config["mounts"]:
+        if mount["type"] == "sysfs":
+            mount.update({"type": "none", "source": "/sys",
+                          "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
+        if mount["type"] == "devpts":
+            mount["options"] = [o for o in mount["options"] if not o.startswith("gid=")]
 
 
 def _stages(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from minirun.isolation import (
     process,
     rootfs,
     syscalls,
+    terminal,
 )
 from minirun.isolation.namespaces import Namespace, flag_names
 from minirun.isolation.overlay import Overlay
@@ -58,9 +59,14 @@ NOT_YET = {
 class Context:
     """What the steps share inside the container process."""
 
-    def __init__(self, error_fd: int) -> None:
+    def __init__(self, error_fd: int, ready_fd: int = -1, console: int = -1) -> None:
         self.error_fd = error_fd
+        self.ready_fd = ready_fd
+        self.console = console
+        self.started = False  # past `minirun start`: nobody reads the error pipe any more
         self.root_fd = -1
+        self.proc_fd = -1
+        self.fifo_fd = -1
         self.env: dict[str, str] = dict(os.environ)
 
 
@@ -110,7 +116,8 @@ def _ns_stage(kinds: frozenset[Namespace]) -> str:
 
 
 def build(spec: Spec, stage: Stage, cgroup: str | None = None,
-          overlay: Overlay | None = None) -> Recipe:
+          overlay: Overlay | None = None, fifo: str | None = None,
+          console: bool = False) -> Recipe:
     """Turn ``spec`` into the ordered steps that ``stage`` carries out; ``cgroup`` is the
     container's cgroup directory when the cgroup manager made one, ``overlay`` the image
     layers when the rootfs is assembled from an image."""
@@ -118,7 +125,10 @@ def build(spec: Spec, stage: Stage, cgroup: str | None = None,
         raise UnsupportedError(f"running an image needs stage image or oci, not {stage.label}"
                                " (or unpack it first: minirun unpack IMAGE BUNDLE)")
     recipe = Recipe(spec, stage, _namespaces(spec, stage), cgroup, overlay)
-    _check_unsupported(spec, stage, recipe)
+    _check_unsupported(spec, stage, recipe, console)
+    if fifo is not None:
+        recipe.add(Stage.OCI, f"open({fifo}, O_PATH); open(/proc, O_PATH) (for the start "
+                   "handshake)", lambda ctx: _open_fifo(ctx, fifo))
     if stage.has(Stage.JAIL):
         _jail_root(spec, stage, recipe)
     else:
@@ -127,6 +137,19 @@ def build(spec: Spec, stage: Stage, cgroup: str | None = None,
             if spec.raw.get(item) or (item == "linux.namespaces" and spec.namespaces):
                 recipe.leave_out(item, Stage.JAIL)
     _process(spec, stage, recipe)
+    return recipe
+
+
+def build_process(spec: Spec, console: bool = False, detach: bool = False) -> Recipe:
+    """The steps of a process that joins an existing container (``minirun exec``)."""
+    recipe = Recipe(spec, Stage.OCI, frozenset())
+    _check_unsupported(spec, Stage.OCI, recipe, console)
+    _process(spec, Stage.OCI, recipe)
+    if detach:
+        # A detached process outlives minirun: it must not die with its parent.
+        recipe.steps.insert(len(recipe.steps) - 1, Step(
+            Stage.OCI, "prctl(PR_SET_PDEATHSIG, 0)",
+            lambda ctx: syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0, "PR_SET_PDEATHSIG, 0")))
     return recipe
 
 
@@ -141,7 +164,7 @@ def _namespaces(spec: Spec, stage: Stage) -> frozenset[Namespace]:
     return frozenset((wanted & allowed) | {Namespace.MOUNT})
 
 
-def _check_unsupported(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+def _check_unsupported(spec: Spec, stage: Stage, recipe: Recipe, console: bool) -> None:
     for dotted, what in NOT_YET.items():
         value: object = spec.raw
         for part in dotted.split("."):
@@ -162,9 +185,10 @@ def _check_unsupported(spec: Spec, stage: Stage, recipe: Recipe) -> None:
         if entry.kind in _STAGE_NAMESPACES[Stage.NAMESPACES] and not stage.has(
                 Stage.NAMESPACES):
             recipe.leave_out(f"{where} ({entry.kind.oci_name} namespace)", Stage.NAMESPACES)
-    if spec.process.terminal:
-        raise UnsupportedError(f"{spec.file}: process.terminal: a pseudo-terminal for the "
-                               "container is not supported by minirun yet; set it to false")
+    if spec.process.terminal and not console:
+        raise UnsupportedError(f"{spec.file}: process.terminal: a terminal needs "
+                               "--console-socket (minirun create) to hand the pty to; or set "
+                               "process.terminal to false")
     if (spec.uid_mappings or spec.gid_mappings) and not spec.namespace(Namespace.USER):
         raise ConfigError(spec.file, "linux.uidMappings",
                           "id mappings need a user namespace in linux.namespaces")
@@ -292,6 +316,15 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     # Created as root, before the uid change; entered after it, as the user.
     recipe.add(Stage.CHROOT, f"mkdir -p {cwd} (inside the root, never through a link out)",
                lambda ctx: _make_cwd(cwd))
+    if proc.terminal:
+        recipe.add(Stage.OCI, "openpty(); sendmsg(console socket, SCM_RIGHTS master); "
+                   "setsid(); ioctl(slave, TIOCSCTTY); dup2(slave, 0/1/2)",
+                   lambda ctx: terminal.attach(ctx.console, proc.user.uid, proc.user.gid))
+    if any(step.text.startswith("open(") and "start handshake" in step.text
+           for step in recipe.steps):
+        program = proc.args[0]
+        recipe.add(Stage.OCI, "report created; open(exec.fifo, O_WRONLY) blocks until "
+                   "minirun start", lambda ctx: _wait_for_start(ctx, program))
     if late:
         limits = [(r.type, r.soft, r.hard) for r in proc.rlimits]
         if limits:
@@ -336,11 +369,37 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
             if present:
                 recipe.leave_out(name, Stage.NAMESPACES)
     recipe.add(Stage.CHROOT, "close_range(3, ~0) but the error pipe",
-               lambda ctx: syscalls.close_from(3, keep=(ctx.error_fd,)))
+               lambda ctx: syscalls.close_from(3, keep=(ctx.error_fd, ctx.ready_fd,
+                                                         ctx.console)))
     recipe.add(Stage.CHROOT, f"chdir({cwd})", lambda ctx: _enter_cwd(cwd))
     args = proc.args
     recipe.add(Stage.CHROOT, f"execve({args[0]}, {list(args)})",
                lambda ctx: process.exec_program(args, ctx.env))
+
+
+def _open_fifo(ctx: Context, fifo: str) -> None:
+    # Opened now, while the host's paths are visible; reopened for writing through /proc
+    # after pivot_root, when the container's own root hides the state directory.
+    ctx.fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+    ctx.proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _wait_for_start(ctx: Context, program: str) -> None:
+    from minirun.runtime import READY
+
+    process.find_program(program, ctx.env)  # a missing program fails create, not start
+    # From here the container outlives the runtime: it must not die with its parent.
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0, "PR_SET_PDEATHSIG, 0")
+    os.write(ctx.error_fd, READY)
+    os.write(ctx.ready_fd, b"r")
+    os.close(ctx.error_fd)
+    os.close(ctx.ready_fd)
+    ctx.error_fd = ctx.ready_fd = -1
+    ctx.started = True
+    fd = os.open(f"self/fd/{ctx.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=ctx.proc_fd)
+    os.write(fd, b"0")
+    for item in (fd, ctx.fifo_fd, ctx.proc_fd):
+        os.close(item)
 
 
 def _open_root(ctx: Context, root: str) -> None:

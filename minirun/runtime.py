@@ -30,6 +30,9 @@ from minirun.recipe import Context, Recipe
 
 log = logging.getLogger(__name__)
 
+# What the container process sends on the error pipe once it is created and waits for start.
+READY = b"ready"
+
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 
@@ -41,12 +44,24 @@ class Aborted(MiniRunError):
 
 
 @dataclass
+class Launch:
+    """How the container is started: in the foreground (``run``), or created and left
+    blocked until ``minirun start`` (``create``, ``run --detach``), or joined (``exec``)."""
+
+    detach: bool = False
+    join: tuple[tuple[Namespace, str], ...] = ()  # namespaces to enter with setns(2)
+    console: int = -1  # a connected console socket: the pty master is sent over it
+    on_pid: Callable[[int], None] | None = None  # told the container's host pid
+
+
+@dataclass
 class Hooks:
     """What the runtime does around the container, on the host (the cgroup manager)."""
 
     place: Callable[[int], None] | None = None   # put the init process into a cgroup
     cgroup: str | None = None                     # that cgroup's directory
     cleanup: Callable[[], None] | None = None
+    disarm: Callable[[], None] | None = None  # keep the cgroup after a successful create
     oom_killed: Callable[[], bool] | None = None
 
 
@@ -55,9 +70,10 @@ class _Pipes:
         self.error_r, self.error_w = os.pipe2(os.O_CLOEXEC)   # children -> runtime: errors
         self.report_r, self.report_w = os.pipe2(os.O_CLOEXEC)  # init -> runtime: pid, status
         self.go_r, self.go_w = os.pipe2(os.O_CLOEXEC)          # runtime -> init: continue
+        self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)    # container -> init: created
 
     def parent_side(self) -> None:
-        for fd in (self.error_w, self.report_w, self.go_r):
+        for fd in (self.error_w, self.report_w, self.go_r, self.ready_r, self.ready_w):
             os.close(fd)
 
     def close_parent(self) -> None:
@@ -72,19 +88,24 @@ def _close(fd: int) -> None:
         pass
 
 
-def run(recipe: Recipe, hooks: Hooks | None = None) -> int:
-    """Run the container in the foreground; return minirun's exit status."""
+def run(recipe: Recipe, hooks: Hooks | None = None, launch: Launch | None = None) -> int:
+    """Run the container; in the foreground, return minirun's exit status; detached, return
+    0 once the container is created and waits for ``minirun start``."""
     hooks = hooks or Hooks()
+    launch = launch or Launch()
     pipes = _Pipes()
     sys.stdout.flush()
     sys.stderr.flush()
     runtime_pid = os.getpid()
     init_pid = os.fork()
     if init_pid == 0:
-        _init_process(recipe, pipes, runtime_pid, needs_go=hooks.place is not None)
+        _init_process(recipe, pipes, runtime_pid, hooks.place is not None, launch)
     pipes.parent_side()
+    if launch.console >= 0:
+        os.close(launch.console)
     state = _Runtime(init_pid)
     previous = {sig: signal.signal(sig, state.on_signal) for sig in FORWARDED_SIGNALS}
+    created = False
     try:
         if hooks.place is not None:
             hooks.place(init_pid)
@@ -95,7 +116,13 @@ def run(recipe: Recipe, hooks: Hooks | None = None) -> int:
         line = reports.next()
         if line.startswith("pid "):
             state.container_pid = int(line.split()[1])
+            if launch.on_pid is not None:
+                launch.on_pid(state.container_pid)
         error = _read_all(pipes.error_r)
+        if launch.detach and error in (READY, b""):  # created, or (exec -d) running
+            state.reap()
+            created = True
+            return 0
         if error:
             state.kill_all()
             raise from_wire(error)
@@ -113,9 +140,10 @@ def run(recipe: Recipe, hooks: Hooks | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        state.kill_all()
+        if not created:
+            state.kill_all()
         pipes.close_parent()
-        if hooks.cleanup is not None:
+        if hooks.cleanup is not None and not created:
             hooks.cleanup()
 
 
@@ -214,8 +242,9 @@ def _map_user_namespace(recipe: Recipe, pipes: _Pipes, init_pid: int) -> None:
     os.write(pipes.go_w, b"g")
 
 
-def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: bool) -> None:
-    """The first child: unshare, fork the container process, wait for it, report."""
+def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: bool,
+                  launch: Launch) -> None:
+    """The first child: unshare or join, fork the container process, wait for it, report."""
     code = 1
     try:
         os.close(pipes.error_r)
@@ -226,6 +255,15 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
             signal.signal(sig, signal.SIG_IGN)  # the runtime forwards them to the container
         if needs_go:
             os.read(pipes.go_r, 1)
+        # All namespace files are opened first: once inside the container's mount namespace,
+        # /proc/PID of the host means nothing. The user namespace is entered first, since
+        # it grants the rights to enter the ones it owns.
+        opened = [(kind, path, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                  for kind, path in sorted(launch.join,
+                                           key=lambda item: item[0] is not Namespace.USER)]
+        for kind, path, fd in opened:
+            namespaces.join_fd(kind, fd, path)
+            os.close(fd)
         kinds = set(recipe.namespaces)
         if Namespace.USER in kinds:
             _enter_user_namespace(pipes)
@@ -233,9 +271,17 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
         namespaces.unshare(kinds)
         child = os.fork()
         if child == 0:
-            _container_process(recipe, pipes.error_w)
+            os.close(pipes.ready_r)
+            _container_process(recipe, pipes.error_w, pipes.ready_w, launch)
         os.close(pipes.error_w)
+        os.close(pipes.ready_w)
         os.write(pipes.report_w, f"pid {child}\n".encode())
+        if launch.detach:
+            # Created: the container process now waits for `minirun start` on its own,
+            # reparented to init or to the caller's subreaper (conmon, containerd-shim).
+            os.read(pipes.ready_r, 1)
+            code = 0
+            return
         _, status = os.waitpid(child, 0)
         os.write(pipes.report_w, f"exit {status}\n".encode())
         code = 0
@@ -262,25 +308,39 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _container_process(recipe: Recipe, error_fd: int) -> None:
+def _container_process(recipe: Recipe, error_fd: int, ready_fd: int, launch: Launch) -> None:
     """The second child: carry out every step; the last one is execve."""
+    context = Context(error_fd, ready_fd, launch.console)
     try:
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG, SIGKILL")
         reset_signals()
-        context = Context(error_fd)
         for step in recipe.steps:
             log.debug("step: %s", step.text)
             step.action(context)
-        _send(error_fd, MiniRunError("the recipe ended without execve"))
+        raise MiniRunError("the recipe ended without execve")
     except MiniRunError as error:
-        _send(error_fd, error)
+        _report(context, error)
     except BaseException as error:
-        _send(error_fd, MiniRunError(f"container set-up: {type(error).__name__}: {error}"))
+        _report(context, MiniRunError(f"container set-up: {type(error).__name__}: {error}"))
     os._exit(127)
 
 
-def _send(fd: int, error: MiniRunError) -> None:
+def _report(context: Context, error: MiniRunError) -> None:
+    """Send the error to the runtime, or print it once nobody waits (after start)."""
+    if context.started:
+        text = f"minirun: {error.message}\n" + (f"minirun: hint: {error.hint}\n"
+                                                if error.hint else "")
+        _write(2, text.encode())
+    else:
+        _write(context.error_fd, error.to_wire())
+
+
+def _write(fd: int, data: bytes) -> None:
     try:
-        os.write(fd, error.to_wire())
+        os.write(fd, data)
     except OSError:
         pass
+
+
+def _send(fd: int, error: MiniRunError) -> None:
+    _write(fd, error.to_wire())

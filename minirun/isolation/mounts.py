@@ -60,6 +60,11 @@ _REMOUNT_MASK = (syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
                  | syscalls.MS_NOEXEC | 0x400 | 0x800 | 0x200000 | 0x1000000 | 0x100)
 
 
+def known_options() -> set[str]:
+    """The mount options minirun carries out (for ``minirun features``)."""
+    return set(_FLAG_OPTIONS) | set(_PROPAGATION_OPTIONS)
+
+
 @dataclass(frozen=True)
 class MountPlan:
     """One mount, ready to carry out. ``source`` is a host path for binds."""

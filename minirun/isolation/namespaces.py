@@ -70,6 +70,11 @@ def join(kind: Namespace, path: str) -> None:
     """Enter the existing namespace at ``path`` (for example /proc/PID/ns/net)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        syscalls.setns(fd, kind.clone_flag, f"{path}, {kind.flag_name}")
+        join_fd(kind, fd, path)
     finally:
         os.close(fd)
+
+
+def join_fd(kind: Namespace, fd: int, path: str) -> None:
+    """Enter the namespace behind ``fd`` (opened from ``path``)."""
+    syscalls.setns(fd, kind.clone_flag, f"{path}, {kind.flag_name}")
