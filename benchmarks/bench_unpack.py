@@ -11,10 +11,12 @@ in /var/cache/minirun/bench/. Four ways, interleaved, each into a fresh director
   skopeo+umoci      skopeo copy oci-archive:FILE oci:TMP, then umoci unpack (what umoci
                     needs for an archive)
 
-Prints the median and spread of each in seconds and the ratios. minirun verifies every
-digest in a first pass before writing (as it always does), umoci writes its mtree manifest:
-both do what they do by default. The page cache is warm for the inputs (nothing is dropped);
-sync(2) runs between runs, untimed, so no run pays for the previous one's writeback.
+Prints the median and spread of each in wall-clock seconds, the median CPU time (user+sys
+of the child processes: steadier than wall time on a shared, busy host) and the ratios.
+minirun verifies every digest in a first pass before writing (as it always does), umoci
+writes its mtree manifest: both do what they do by default. The page cache is warm for the
+inputs (nothing is dropped); sync(2) runs between runs, untimed, so no run pays for the
+previous one's writeback.
 
 With --tmpfs the outputs go to a tmpfs mounted in a private mount namespace (made by
 unshare(1) for this run only, gone when it ends), which takes the disk's noise out and
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,6 +72,11 @@ def fixture(cache: Path) -> tuple[Path, Path]:
     return layout, archive
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def ways(layout: Path, archive: Path, work: Path) -> dict[str, Callable[[Path], None]]:
     launch = _LAUNCH.format(repo=str(REPO))
 
@@ -105,6 +113,7 @@ def main() -> int:
     size = sum(p.stat().st_size for p in (layout / "blobs").rglob("*") if p.is_file())
     print(f"image: Debian bookworm minbase, {size / 1e6:.0f} MB of blobs in {layout}")
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-unpack-") as tmp:
         work = Path(tmp)
         if args.tmpfs:
@@ -114,9 +123,11 @@ def main() -> int:
         for _round in range(args.repeat):
             for name, way in chosen.items():
                 out = work / "bundle"
+                before = _children_cpu()
                 start = time.perf_counter()
                 way(out)
                 times.setdefault(name, []).append(time.perf_counter() - start)
+                cpu.setdefault(name, []).append(_children_cpu() - before)
                 shutil.rmtree(out)
                 # Write back and discard this run's files before the next one is timed, so
                 # no way pays for the previous one's dirty pages.
@@ -124,12 +135,14 @@ def main() -> int:
         if args.tmpfs:
             quiet("umount", work)
     medians = {name: statistics.median(values) for name, values in times.items()}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
+    print("wall seconds (median, min, max) and CPU seconds user+sys (median) per way")
     for name, values in times.items():
-        print(f"{name:<16} median {medians[name]:6.2f} s  "
-              f"(min {min(values):.2f}, max {max(values):.2f}, n={len(values)})")
+        print(f"{name:<16} wall {medians[name]:6.2f} s  (min {min(values):.2f}, "
+              f"max {max(values):.2f}, n={len(values)})  cpu {cpu_medians[name]:6.2f} s")
     for slow, fast in (("umoci-layout", "minirun-layout"), ("skopeo+umoci", "minirun-archive")):
-        print(f"{slow} / {fast}: {medians[slow] / medians[fast]:.2f}x "
-              "(above 1: minirun is faster)")
+        print(f"{slow} / {fast}: wall {medians[slow] / medians[fast]:.2f}x, "
+              f"cpu {cpu_medians[slow] / cpu_medians[fast]:.2f}x (above 1: minirun is faster)")
     return 0
 
 

@@ -528,3 +528,26 @@ def test_efficiency_of_overwritten_removed_and_opaqued_files(tmp_path: Path) -> 
     assert [layer.wasted for layer in report.layers] == [1000 + 10 + 100 + 40, 3, 0]
     assert report.size == 1155 + 3 + 1 + 10 + 6
     assert report.score == pytest.approx((report.size - 1153) / report.size)
+
+
+@pytest.mark.root
+def test_prepare_twice_unpacks_nothing_and_clears_crash_leftovers(tmp_path: Path) -> None:
+    from rootfs_fetch.store import images, prepare
+
+    layout = make_layout(tmp_path / "img", [[d("etc"), f("etc/passwd", PASSWD.encode())],
+                                             [f("etc/.wh.gone"), f("app", b"a")]],
+                         config={"User": "app", "Cmd": ["/app"]})
+    store = tmp_path / "store"
+    first = prepare(str(layout), store)
+    assert first.unpacked == 2
+    assert [p.parent.name for p in first.lowerdirs] == ["layers", "layers"]
+    assert tree(first.lowerdirs[0]) == ["app", "etc/", "etc/gone c 0:0"]
+    assert first.config["process"]["user"]["uid"] == 2000
+    assert first.config["process"]["args"] == ["/app"]
+    (store / "tmp" / "layer-crashed").mkdir()
+    again = prepare(str(layout), store)
+    assert again.unpacked == 0 and again.lowerdirs == first.lowerdirs
+    assert list((store / "tmp").iterdir()) == []
+    assert [(i.id, i.layers) for i in images(store)] == [
+        (first.image_id, tuple(str(p.name).replace("-", ":", 1) for p in
+                               reversed(first.lowerdirs)))]

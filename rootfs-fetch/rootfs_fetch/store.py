@@ -71,6 +71,13 @@ def locked(store: Path) -> Iterator[None]:
         (store / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(store / "lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        # Whoever wrote into tmp/ held this lock and is gone: what is left is from a crash.
+        for leftover in (store / "tmp").iterdir():
+            log.debug("removing %s left by an interrupted run", leftover)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
         yield
 
 

@@ -105,6 +105,13 @@ class LayerWriter:
     def apply(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         self.stats.entries += 1
         parts = split_name(member.name, self.what)
+        try:
+            self._apply(tar, member, parts)
+        except OSError as exc:
+            raise UnpackError(
+                f"{self.what}: entry {member.name!r}: {exc.strerror or exc}") from exc
+
+    def _apply(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str]) -> None:
         if not parts:
             self._root_entry(member)
             return
@@ -113,13 +120,8 @@ class LayerWriter:
         if base.startswith(WHITEOUT_PREFIX):
             self._marker(parent, base, member.name)
             return
-        path = "/".join(parts)
         self._record(parts)
-        try:
-            self._make(tar, member, parent, base, path)
-        except OSError as exc:
-            raise UnpackError(
-                f"{self.what}: entry {member.name!r}: {exc.strerror or exc}") from exc
+        self._make(tar, member, parent, base, "/".join(parts))
 
     def _record(self, parts: list[str]) -> None:
         self._written.add("/".join(parts))
