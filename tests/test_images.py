@@ -213,7 +213,7 @@ def test_wrong_layer_digest_refused_before_anything_is_written(tmp_path: Path) -
 
 
 def _only_manifest(layout: Path) -> Path:
-    digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    digest: str = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
     return layout / "blobs/sha256" / digest.split(":")[1]
 
 
@@ -551,3 +551,37 @@ def test_prepare_twice_unpacks_nothing_and_clears_crash_leftovers(tmp_path: Path
     assert [(i.id, i.layers) for i in images(store)] == [
         (first.image_id, tuple(str(p.name).replace("-", ":", 1) for p in
                                reversed(first.lowerdirs)))]
+
+
+def _docker_save(path: Path, layer_members: dict[str, bytes | str], layers: list[str],
+                 diff_ids: list[str]) -> Path:
+    """A legacy `docker save` archive; a str value makes a symlink member to that name."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    config_name = sha(config)[7:] + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": ["demo:latest"],
+                            "Layers": layers}]).encode()
+    with tarfile.open(path, "w") as tar:
+        files: dict[str, bytes | str] = {config_name: config, "manifest.json": manifest,
+                                         **layer_members}
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+def test_docker_save_layer_links_are_followed_inside_the_archive_only(tmp_path: Path) -> None:
+    layer = tar_bytes([f("shared", b"s")])
+    archive = _docker_save(tmp_path / "save.tar", {"a/layer.tar": layer,
+                                                   "b/layer.tar": "../a/layer.tar"},
+                           ["a/layer.tar", "b/layer.tar"], [sha(layer), sha(layer)])
+    assert (unpack(archive, tmp_path) / "shared").read_bytes() == b"s"
+    escaping = _docker_save(tmp_path / "bad.tar", {"a/layer.tar": "../../etc/passwd"},
+                            ["a/layer.tar"], [sha(layer)])
+    with open_image(str(escaping)) as image, pytest.raises(ImageError, match="links out"):
+        unpack_image(image, tmp_path / "rootfs", Options())

@@ -149,15 +149,28 @@ class TarBlobs(Blobs):
         return self.open_member(f"blobs/{digest.algorithm}/{digest.encoded}", what)
 
     def open_member(self, name: str, what: str) -> IO[bytes]:
-        member = self.members.get(name)
-        if member is None:
-            raise ImageError(f"{self.path}: no member {name} ({what})")
-        # A link member would be followed by extractfile(); blobs must be plain files.
-        if not member.isreg():
-            raise ImageError(f"{self.path}: member {name} ({what}) is not a regular file")
+        member = self._resolve(name, what)
         stream = self._tar.extractfile(member)
         assert stream is not None
         return stream
+
+    def _resolve(self, name: str, what: str) -> tarfile.TarInfo:
+        """The regular member ``name`` stands for. docker save stores a layer that two images
+        share once and links the other name to it with a relative symlink member; such links
+        are followed inside the archive only, a few times at most."""
+        for _hop in range(8):
+            member = self.members.get(name)
+            if member is None:
+                raise ImageError(f"{self.path}: no member {name} ({what})")
+            if member.isreg():
+                return member
+            if not member.issym():
+                raise ImageError(f"{self.path}: member {name} ({what}) is not a regular file")
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+            if target.startswith(("/", "../")) or target == "..":
+                raise ImageError(f"{self.path}: member {name} ({what}) links out of the archive")
+            name = target
+        raise ImageError(f"{self.path}: member {name} ({what}): too many links")
 
     def close(self) -> None:
         self._tar.close()
@@ -214,6 +227,10 @@ def _load_json(raw: IO[bytes] | Readable, what: str, digest: Digest | None = Non
     data = read_capped(reader, METADATA_CAP, what)
     if verifier is not None:
         verifier.verify()
+    return _parse_json(data, what)
+
+
+def _parse_json(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
     except ValueError as exc:
@@ -373,7 +390,8 @@ def _member_name(value: object, what: str) -> str:
     return name
 
 
-def _open_docker_legacy(blobs: TarBlobs, reference: str, tag: str | None) -> Image:
+def _open_docker_legacy(blobs: TarBlobs, reference: str, tag: str | None,
+                        platform: Platform) -> Image:
     where = reference
     with blobs.open_member("manifest.json", "manifest.json") as raw:
         entries = _load_json(raw, f"{where}: manifest.json")
@@ -393,7 +411,10 @@ def _open_docker_legacy(blobs: TarBlobs, reference: str, tag: str | None) -> Ima
     stem = posixpath.basename(config_name).removesuffix(".json")
     if len(stem) == 64 and stem != config_digest.encoded:
         raise DigestError(f"{where}: {config_name} hashes to {config_digest}, not its name")
-    config = json.loads(data)
+    config = _parse_json(data, f"{where}: {config_name}")
+    if not isinstance(config, dict):
+        raise ImageError(f"{where}: {config_name} is not an object")
+    _check_platform(config, platform, where)
     names = entry.get("Layers")
     if not isinstance(names, list):
         raise ImageError(f"{where}: manifest.json Layers is not a list")
@@ -401,9 +422,9 @@ def _open_docker_legacy(blobs: TarBlobs, reference: str, tag: str | None) -> Ima
     layers = []
     for position, value in enumerate(names):
         member = _member_name(value, f"{where}: manifest.json Layers[{position}]")
-        size = blobs.members[member].size if member in blobs.members else None
+        # No digest or size is recorded for a legacy layer: its diff_id checks it.
         layers.append(Layer(position, "application/vnd.docker.image.rootfs.diff.tar", None,
-                            size, diff_ids[position], member, where))
+                            None, diff_ids[position], member, where))
     return Image(reference, config_digest, config, tuple(layers), blobs)
 
 
@@ -438,14 +459,15 @@ def open_image(reference: str, platform: Platform | None = None) -> Image:
     path = Path(path_text)
     if not path.exists():
         raise ImageError(f"{reference}: no such image file or directory {path}")
-    if path.is_dir():
-        return _open_oci(LayoutBlobs(path), reference, tag, platform)
-    blobs = TarBlobs(path)
+    blobs: Blobs = LayoutBlobs(path) if path.is_dir() else TarBlobs(path)
     try:
+        if isinstance(blobs, LayoutBlobs):
+            return _open_oci(blobs, reference, tag, platform)
+        assert isinstance(blobs, TarBlobs)
         if "index.json" in blobs.members and kind != "docker-archive":
             return _open_oci(blobs, reference, tag, platform)
         if "manifest.json" in blobs.members and "index.json" not in blobs.members:
-            return _open_docker_legacy(blobs, reference, tag)
+            return _open_docker_legacy(blobs, reference, tag, platform)
         if "index.json" in blobs.members:  # docker 25+ writes both; its index is the OCI one
             return _open_oci(blobs, reference, tag, platform)
         raise ImageError(f"{reference}: archive has neither index.json nor manifest.json")
