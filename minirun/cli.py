@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # a bug in minirun: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"minirun: internal error: {type(error).__name__}: {error} (run with --debug "
+              "for the traceback)", file=sys.stderr)
+        return 1
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

@@ -44,7 +44,6 @@ _NAMESPACED_MOUNT_TYPES = {"proc": "pid", "mqueue": "ipc", "cgroup": "cgroup",
 # them as left out. Remove an entry when its feature lands.
 NOT_YET = {
     "hooks": "hooks",
-    "linux.seccomp": "seccomp filters",
     "linux.personality": "personality",
     "linux.intelRdt": "Intel RDT",
     "process.apparmorProfile": "AppArmor profiles",
@@ -372,6 +371,18 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
                lambda ctx: syscalls.close_from(3, keep=(ctx.error_fd, ctx.ready_fd,
                                                          ctx.console)))
     recipe.add(Stage.CHROOT, f"chdir({cwd})", lambda ctx: _enter_cwd(cwd))
+    seccomp_config = spec.raw.get("linux", {}).get("seccomp")
+    if seccomp_config:
+        if stage.has(Stage.OCI):
+            from minirun.isolation import syscall_filter
+
+            # Compiled now, in the runtime, where libseccomp can still be imported.
+            compiled = syscall_filter.compile_filter(seccomp_config, spec.file)
+            recipe.add(Stage.OCI, f"seccomp(SECCOMP_SET_MODE_FILTER, {compiled.rules} rules, "
+                       f"default {seccomp_config.get('defaultAction')})",
+                       lambda ctx: compiled.load())
+        else:
+            recipe.leave_out("linux.seccomp", Stage.OCI)
     args = proc.args
     recipe.add(Stage.CHROOT, f"execve({args[0]}, {list(args)})",
                lambda ctx: process.exec_program(args, ctx.env))
