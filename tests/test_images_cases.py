@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,19 @@ def test_unpack_refuses_a_non_empty_rootfs(tmp_path: Path) -> None:
     with pytest.raises(MiniRunError, match="exists and is not empty"):
         run_unpack(str(case / "image-plain"), str(tmp_path / "bundle"))
     assert (tmp_path / "bundle" / "rootfs" / "old").read_text() == "keep me"
+
+
+def test_minirun_command_line_prints_one_line_per_refusal(tmp_path: Path) -> None:
+    """Through bin/minirun: exit status 2 and one line naming the bad descriptor, no traceback."""
+    case = copy_case("BR-07-unvalidated-digests", tmp_path)
+    minirun = Path(__file__).resolve().parent.parent / "bin" / "minirun"
+    done = subprocess.run([str(minirun), "unpack", str(case / "v5-unsupported-algorithm"),
+                           str(tmp_path / "bundle")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "digest 'sha1:43ead21d3c7fb53aca7594835f0916c7cda3be5c'" in done.stderr
+    good = copy_case("BR-09-numeric-username", tmp_path)
+    done = subprocess.run([str(minirun), "unpack", str(good / "user-1000"),
+                           str(tmp_path / "good")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "good/config.json").read_text())["process"]["user"]["uid"] == 1000

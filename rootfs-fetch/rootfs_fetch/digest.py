@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import IO, Protocol
 
-from minirun.errors import MiniRunError
+from minirun.errors import EXIT_USAGE, MiniRunError
 
 # Algorithm -> encoded form, from image-spec descriptor.md ("Registered algorithms").
 _ENCODED = {
@@ -27,6 +27,8 @@ _LENGTH = {"sha256": 64, "sha512": 128}
 
 class DigestError(MiniRunError):
     """A digest is malformed, or content does not match its digest or size."""
+
+    exit_code = EXIT_USAGE  # a bad input file, like a bad config.json
 
 
 @dataclass(frozen=True)

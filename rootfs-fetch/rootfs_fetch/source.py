@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from minirun.errors import ConfigError, MiniRunError, UnsupportedError
+from minirun.errors import EXIT_USAGE, ConfigError, MiniRunError, UnsupportedError
 
 from .digest import Digest, DigestError, Readable, VerifyingReader, parse_digest, read_capped
 from .safepath import open_beneath, open_dir
@@ -56,6 +56,8 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 class ImageError(MiniRunError):
     """The image is malformed or the reference names nothing in it."""
+
+    exit_code = EXIT_USAGE  # a bad input file, like a bad config.json
 
 
 # --- platforms ---------------------------------------------------------------------------

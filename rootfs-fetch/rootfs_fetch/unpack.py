@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from minirun.errors import MiniRunError
+from minirun.errors import EXIT_USAGE, MiniRunError
 
 from .digest import Readable
 from .safepath import open_dir, open_in_root
@@ -52,6 +52,8 @@ _DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 class UnpackError(MiniRunError):
     """A layer entry is refused, or making it failed."""
+
+    exit_code = EXIT_USAGE  # a bad input file, like a bad config.json
 
 
 class Mode(Enum):
