@@ -8,8 +8,10 @@ for no limits runs without a cgroup after one warning; one that asks for limits,
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+from minirun.errors import UnsupportedError
 from minirun.runtime import Hooks
 from minirun.spec import Spec
 from minirun.stages import Stage
@@ -25,6 +27,11 @@ def asks_for_limits(resources: dict[str, Any]) -> bool:
 
 def hooks_for(spec: Spec, stage: Stage, container_id: str) -> Hooks:
     if not stage.has(Stage.CGROUPS):
+        return Hooks()
+    if os.environ.get("MINIRUN_CGROUP_MANAGER") == "disabled":
+        if asks_for_limits(spec.resources):
+            raise UnsupportedError(f"{spec.file}: linux.resources: limits need a cgroup, and "
+                                   "--cgroup-manager=disabled asks for none")
         return Hooks()
     from minirun.isolation import cgroups
 

@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--systemd-cgroup", action="store_true",
                         help="not supported: minirun manages cgroupfs directly")
+    parser.add_argument("--cgroup-manager", choices=("cgroupfs", "systemd", "disabled"),
+                        default="cgroupfs", help="disabled: never create a cgroup (resource "
+                        "limits are then refused); systemd is not supported")
     parser.add_argument("--rootless", default="false", help=argparse.SUPPRESS)
     parser.add_argument("--criu", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -174,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args)
     try:
-        if args.systemd_cgroup:
+        log.debug("argv: %s", argv)
+        os.environ["MINIRUN_CGROUP_MANAGER"] = args.cgroup_manager
+        if args.systemd_cgroup or args.cgroup_manager == "systemd":
             raise UnsupportedError("--systemd-cgroup is not supported: minirun manages "
                                    "cgroupfs itself (use cgroup_manager = \"cgroupfs\")")
         return int(args.handler(args))
