@@ -87,6 +87,9 @@ def reset_signals() -> None:
 def find_program(name: str, env: dict[str, str]) -> str:
     """Resolve ``name`` against the container's PATH, as execvp(3) would."""
     if "/" in name:
+        if not os.path.exists(name):
+            raise SyscallError("execve", f"{name} (no such file in the container)",
+                               errno.ENOENT, hint="")
         return name
     for directory in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
         candidate = os.path.join(directory or ".", name)
