@@ -3,7 +3,7 @@
 :class:`Running` starts ``minirun run`` with debug logging and waits for the runtime's line
 that says the container process has called execve, so a signal sent afterwards reaches the
 program and not the set-up. Leaving the ``with`` block ends minirun (by its pid) if a test
-stopped early.
+stopped early, and fails the test if any of minirun's children outlived it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def leaking_fds(directory: str | Path) -> list[str]:
 
 def alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -67,8 +67,8 @@ class Running:
         self.stderr = ""
         self.container_pid = self._wait_running(timeout)
         # minirun's children: the init process and the container process.
-        self.descendants = [child.pid for child in
-                            psutil.Process(self.proc.pid).children(recursive=True)]
+        self.children = psutil.Process(self.proc.pid).children(recursive=True)
+        self.descendants = [child.pid for child in self.children]
 
     def _wait_running(self, timeout: float) -> int:
         assert self.proc.stderr is not None
@@ -96,14 +96,32 @@ class Running:
 
     def finish(self, timeout: float = 20) -> tuple[int, str, str]:
         """Wait for minirun to end; return its exit status, stdout and stderr."""
-        out, err = self.proc.communicate(timeout=timeout)
-        self.stderr += err.decode(errors="replace")
-        return self.proc.returncode, out.decode(errors="replace"), self.stderr
+        self.proc.wait(timeout=timeout)
+        out = self._drain()
+        return self.proc.returncode, out, self.stderr
+
+    def _drain(self, timeout: float = 2) -> str:
+        """Read what minirun printed; a surviving container may hold the pipes open, so give
+        up after ``timeout`` rather than wait for end-of-file."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        streams = {self.proc.stdout.fileno(): b"", self.proc.stderr.fileno(): b""}
+        open_fds = set(streams)
+        deadline = time.monotonic() + timeout
+        while open_fds and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(open_fds), [], [], deadline - time.monotonic())
+            for fd in ready:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    streams[fd] += chunk
+                else:
+                    open_fds.discard(fd)
+        self.stderr += streams[self.proc.stderr.fileno()].decode(errors="replace")
+        return streams[self.proc.stdout.fileno()].decode(errors="replace")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-        self.proc.communicate()
+            self.proc.wait()
 
     def __enter__(self) -> Running:
         return self
@@ -111,4 +129,16 @@ class Running:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.kill()
-        wait_gone(self.descendants)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        left = wait_gone(self.descendants)
+        # End what minirun left running (psutil checks the start time, so a reused pid is
+        # never hit), then fail the test if it had not failed already.
+        for child in self.children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if left and kind is None:
+            raise AssertionError(f"container processes outlived minirun: {left}")
