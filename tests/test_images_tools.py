@@ -198,3 +198,14 @@ def test_efficiency_counts_overwritten_and_removed_bytes(built: Path,
     add_images_arguments(parser)
     images_command(parser.parse_args(["--efficiency", f"oci:{built / 'oci'}:app"]))
     assert "efficiency 99.9" in capsys.readouterr().out
+
+
+def test_debian_rootfs_script_makes_a_working_minbase(tmp_path: Path) -> None:
+    """debian-rootfs.sh: debootstrap once into its cache (minutes, needs Debian's mirror),
+    then a copy; the copy runs Debian's own dpkg under chroot."""
+    dest = tmp_path / "debian"
+    run("sh", REPO / "rootfs-fetch/debian-rootfs.sh", dest)
+    assert (dest / "etc/debian_version").read_text().startswith("12.")
+    assert not (dest / ".complete").exists()
+    assert run("chroot", dest, "/usr/bin/dpkg-query", "-W", "-f=${Package}\\n", "dpkg").strip() \
+        == "dpkg"
