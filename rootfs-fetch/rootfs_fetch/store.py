@@ -11,6 +11,10 @@ A layer is unpacked into tmp/ and renamed into place with rename(2), which is at
 directory under layers/ is always complete. A second prepare() of the same image unpacks
 nothing. The overlay itself is mounted by the runtime, in the container's mount namespace,
 with ``lowerdir=`` set to :attr:`Prepared.lowerdirs` joined by ``:``.
+
+Not yet: mount(2) takes at most one page of options, so ``lowerdir=`` with this store's
+paths (about 90 bytes each) fits about 45 layers; more need fsconfig(2)'s ``lowerdir+``
+(Linux 6.8) one layer at a time. Remove this note when the runtime mounts that way.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from minirun.errors import MiniRunError
 
 from .convert import base_config, convert
 from .digest import Digest
-from .source import Image, Platform, open_image, verify_layer
+from .source import Image, Layer, Platform, open_image, verify_layer
 from .unpack import Mode, Options, unpack_layer
 
 log = logging.getLogger(__name__)
@@ -102,7 +106,7 @@ def prepare(image_ref: str, store: Path = DEFAULT_STORE, platform: Platform | No
     return Prepared(config, lowerdirs, image.image_id, unpacked)
 
 
-def _unpack_into_store(image: Image, layer: Any, dest: Path, store: Path,
+def _unpack_into_store(image: Image, layer: Layer, dest: Path, store: Path,
                        options: Options) -> None:
     # Checked before anything is written, then unpacked (and checked again) in tmp/.
     size = verify_layer(image, layer)
