@@ -9,11 +9,11 @@ import os
 import re
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 from minirun.errors import EXIT_USAGE, ConfigError, MiniRunError, UnsupportedError
 from minirun.stages import Stage, names
 
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
 if TYPE_CHECKING:
     from minirun.isolation.overlay import Overlay
     from minirun.spec import Spec
@@ -23,9 +23,18 @@ log = logging.getLogger("minirun")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 
-def _parser() -> argparse.ArgumentParser:
+class _Formatter(argparse.HelpFormatter):
+    # A fixed width: finding the terminal's would import shutil on every start.
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=int(os.environ.get("COLUMNS", "100")))
+
+
+_IMAGE_COMMANDS = ("unpack", "images", "rmi")
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="minirun",
+        prog="minirun", formatter_class=_Formatter,
         description="A container runtime that builds isolation up stage by stage: "
                     + ", ".join(f"{s.label} ({s.year})" for s in Stage) + ". It takes "
                     "runc's command line, so podman and containerd can drive it.")
@@ -42,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                         "limits are then refused); systemd is not supported")
     parser.add_argument("--rootless", default="false", help=argparse.SUPPRESS)
     parser.add_argument("--criu", help=argparse.SUPPRESS)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=_SubParser)
     commands.required = True
 
     run = commands.add_parser("run", help="create and start a container (foreground)",
@@ -132,8 +142,17 @@ def _parser() -> argparse.ArgumentParser:
     features.set_defaults(handler=lambda args: _lifecycle().features())
     stages = commands.add_parser("stages", help="list the stages")
     stages.set_defaults(handler=_stages)
-    _add_image_commands(commands)
+    # The image commands live in rootfs_fetch; importing it costs start-up, so it is done only
+    # when one of them, or the help, is asked for.
+    if any(word in _IMAGE_COMMANDS or word in ("-h", "--help") for word in argv):
+        _add_image_commands(commands)
     return parser
+
+
+class _SubParser(argparse.ArgumentParser):
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(**kwargs)  # type: ignore[arg-type]
 
 
 def _create_options(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +193,7 @@ def _add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     _setup_logging(args)
     try:
         log.debug("argv: %s", argv)
@@ -232,11 +251,10 @@ def _run(args: argparse.Namespace) -> int:
     bundle, container_id = _bundle_and_id(args)
     stage = Stage.parse(args.stage) if args.stage else Stage.OCI
 
-    from minirun import image_run
     from minirun import recipe as recipe_module
     from minirun.spec import load_bundle
 
-    if image_run.looks_like_image(bundle):
+    if _looks_like_image(bundle):
         return _run_image(args, bundle, container_id, stage)
     if args.detach:
         _create(args, bundle=bundle, container_id=container_id)
@@ -246,6 +264,16 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(recipe_module.build(spec, stage).explain()))
         return 0
     return _run_spec(spec, stage, container_id)
+
+
+def _looks_like_image(target: str) -> bool:
+    """An OCI layout directory, an image archive, or a transport-prefixed reference."""
+    if target.startswith(("oci:", "oci-archive:", "docker-archive:")):
+        return True
+    if os.path.isdir(target):
+        return os.path.isfile(os.path.join(target, "index.json")) and not os.path.exists(
+            os.path.join(target, "config.json"))
+    return os.path.isfile(target) and target.endswith((".tar", ".tar.gz", ".oci", ".tgz"))
 
 
 def _run_spec(spec: Spec, stage: Stage, container_id: str,

@@ -19,18 +19,6 @@ from minirun.errors import ConfigError
 from minirun.isolation.overlay import Overlay
 from minirun.spec import CONFIG_NAME, Spec, parse
 
-IMAGE_PREFIXES = ("oci:", "oci-archive:", "docker-archive:")
-
-
-def looks_like_image(target: str) -> bool:
-    """An OCI layout directory, an image archive, or a transport-prefixed reference."""
-    if target.startswith(IMAGE_PREFIXES):
-        return True
-    path = Path(target)
-    if path.is_dir():
-        return (path / "index.json").is_file() and not (path / CONFIG_NAME).exists()
-    return path.is_file() and target.endswith((".tar", ".tar.gz", ".oci", ".tgz"))
-
 
 @dataclass
 class ImageContainer:

@@ -23,7 +23,6 @@ from minirun.isolation import (
     process,
     rootfs,
     syscalls,
-    terminal,
 )
 from minirun.isolation.namespaces import Namespace, flag_names
 from minirun.isolation.overlay import Overlay
@@ -316,6 +315,8 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     recipe.add(Stage.CHROOT, f"mkdir -p {cwd} (inside the root, never through a link out)",
                lambda ctx: _make_cwd(cwd))
     if proc.terminal:
+        from minirun.isolation import terminal  # needs socket: imported only when used
+
         recipe.add(Stage.OCI, "openpty(); sendmsg(console socket, SCM_RIGHTS master); "
                    "setsid(); ioctl(slave, TIOCSCTTY); dup2(slave, 0/1/2)",
                    lambda ctx: terminal.attach(ctx.console, proc.user.uid, proc.user.gid))
