@@ -33,12 +33,20 @@ def hooks_for(spec: Spec, stage: Stage, container_id: str) -> Hooks:
             raise UnsupportedError(f"{spec.file}: linux.resources: limits need a cgroup, and "
                                    "--cgroup-manager=disabled asks for none")
         return Hooks()
+    limits = asks_for_limits(spec.resources)
+    if not limits and stage is not Stage.CGROUPS and not os.path.exists(
+            "/sys/fs/cgroup/cgroup.controllers"):
+        # The common case on a v1 or hybrid host, decided without the cgroup module's
+        # import and mount-table probe (both measurable in start-up time).
+        log.warning("no cgroup for this container (it asks for no limits): /sys/fs/cgroup is "
+                    "not a cgroup v2 mount (cgroup v1 or hybrid mode)")
+        return Hooks()
     from minirun.isolation import cgroups
 
     host = cgroups.probe()
     files = cgroups.resources_to_files(spec.resources, spec.file)
     usable = host.mode is cgroups.CgroupMode.UNIFIED
-    if stage is Stage.CGROUPS or asks_for_limits(spec.resources):
+    if stage is Stage.CGROUPS or limits:
         cgroups.require(host, cgroups.controllers_needed(files))
     elif not usable:
         log.warning("no cgroup for this container (it asks for no limits): %s",
