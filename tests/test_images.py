@@ -102,6 +102,7 @@ def test_verifying_reader_checks_size_and_content() -> None:
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+@pytest.mark.root
 def test_layers_of_each_compression_unpack(tmp_path: Path, compression: str) -> None:
     layout = make_layout(tmp_path / "img", [[d("etc"), f("etc/os", b"minirun\n")],
                                              [f("etc/more", b"2")]], compression=compression)
@@ -110,6 +111,7 @@ def test_layers_of_each_compression_unpack(tmp_path: Path, compression: str) -> 
     assert (root / "etc/more").read_bytes() == b"2"
 
 
+@pytest.mark.root
 def test_compression_is_detected_by_magic_not_media_type(tmp_path: Path) -> None:
     layout = make_layout(tmp_path / "img", [[f("a", b"1")]], compression="gzip")
     manifest_path = _only_manifest(layout)
@@ -119,6 +121,7 @@ def test_compression_is_detected_by_magic_not_media_type(tmp_path: Path) -> None
     assert (unpack(layout, tmp_path) / "a").read_bytes() == b"1"
 
 
+@pytest.mark.root
 def test_large_gzip_layer_streams_through(tmp_path: Path) -> None:
     big = os.urandom(1 << 20) * 12  # 12 MiB, several decompression buffers
     layout = make_layout(tmp_path / "img", [[f("big", big), f("after", b"ok")]])
@@ -127,6 +130,7 @@ def test_large_gzip_layer_streams_through(tmp_path: Path) -> None:
     assert (root / "after").read_bytes() == b"ok"
 
 
+@pytest.mark.root
 def test_platform_is_chosen_from_the_index(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "img")
     layout.add_image([[f("arch", b"amd64")]], tag=None,
@@ -148,6 +152,7 @@ def test_bad_platform_text_is_a_usage_error() -> None:
         parse_platform("amd64")
 
 
+@pytest.mark.root
 def test_tags_choose_and_ambiguity_is_refused(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "img")
     layout.add_image([[f("which", b"one")]], tag="one")
@@ -165,6 +170,7 @@ def test_tags_choose_and_ambiguity_is_refused(tmp_path: Path) -> None:
         open_image(f"oci:{layout.path}:three")
 
 
+@pytest.mark.root
 def test_nested_index_is_followed(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "img")
     inner = layout.add_image([[f("nested", b"yes")]], tag=None,
@@ -199,6 +205,7 @@ def test_blob_that_is_a_symlink_out_of_the_layout_is_refused(tmp_path: Path) -> 
         open_image(str(layout))
 
 
+@pytest.mark.root
 def test_wrong_layer_digest_refused_before_anything_is_written(tmp_path: Path) -> None:
     layout = make_layout(tmp_path / "img", [[f("first", b"1")], [f("second", b"2")]])
     manifest = json.loads(_only_manifest(layout).read_text())
@@ -229,6 +236,7 @@ def _rewrite_manifest(layout: Path, manifest: dict[str, Any]) -> None:
 # --- the unpacker ------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_whiteouts_hide_lower_layers_only(tmp_path: Path) -> None:
     root = unpack_layers(
         tmp_path,
@@ -239,11 +247,13 @@ def test_whiteouts_hide_lower_layers_only(tmp_path: Path) -> None:
     assert tree(root) == ["a/", "a/kept", "a/new", "o/", "o/mine"]
 
 
+@pytest.mark.root
 def test_whiteout_of_a_directory_keeps_what_this_layer_put_below(tmp_path: Path) -> None:
     root = unpack_layers(tmp_path, [d("x"), f("x/lower")], [f("x/upper"), f(".wh.x")])
     assert tree(root) == ["x/", "x/upper"]
 
 
+@pytest.mark.root
 def test_overlay_mode_writes_overlayfs_whiteouts(tmp_path: Path) -> None:
     root = unpack_layers(tmp_path, [d("a"), f("a/.wh.gone"), f("a/.wh..wh..opq"), f("a/new")],
                          mode=Mode.OVERLAY)
@@ -251,6 +261,7 @@ def test_overlay_mode_writes_overlayfs_whiteouts(tmp_path: Path) -> None:
     assert os.getxattr(root / "a", "trusted.overlay.opaque") == b"y"
 
 
+@pytest.mark.root
 def test_dotdot_entries_are_refused_by_name(tmp_path: Path) -> None:
     victim_prepare()
     with pytest.raises(UnpackError, match=r"'sub/\.\./\.\./escape' climbs out"):
@@ -258,6 +269,7 @@ def test_dotdot_entries_are_refused_by_name(tmp_path: Path) -> None:
     assert victim_check() == "VICTIM UNCHANGED"
 
 
+@pytest.mark.root
 def test_absolute_and_pax_names_stay_inside(tmp_path: Path) -> None:
     victim_prepare()
     pax = f("innocent", b"p", pax={"path": f"{VICTIM}/pwned-pax"})
@@ -270,6 +282,7 @@ def test_absolute_and_pax_names_stay_inside(tmp_path: Path) -> None:
     assert victim_check() == "VICTIM UNCHANGED"
 
 
+@pytest.mark.root
 def test_symlinked_parents_resolve_inside_the_rootfs(tmp_path: Path) -> None:
     """usrmerge: /bin -> usr/bin in a lower layer; a later bin/tool lands in usr/bin."""
     victim_prepare()
@@ -286,6 +299,7 @@ def test_symlinked_parents_resolve_inside_the_rootfs(tmp_path: Path) -> None:
     assert victim_check() == "VICTIM UNCHANGED"
 
 
+@pytest.mark.root
 def test_write_through_dangling_symlink_out_is_refused(tmp_path: Path) -> None:
     victim_prepare()
     with pytest.raises(UnpackError, match=r"'lnk/pwned'.*symlink to '/tmp/minirun-victim'"):
@@ -293,6 +307,7 @@ def test_write_through_dangling_symlink_out_is_refused(tmp_path: Path) -> None:
     assert victim_check() == "VICTIM UNCHANGED"
 
 
+@pytest.mark.root
 def test_hardlinks_resolve_inside_and_never_reach_host_files(tmp_path: Path) -> None:
     victim_prepare()
     root = unpack_layers(tmp_path, [f("orig", b"same"), hard("link", "orig"),
@@ -306,6 +321,7 @@ def test_hardlinks_resolve_inside_and_never_reach_host_files(tmp_path: Path) -> 
     assert os.stat(VICTIM / "canary").st_nlink == 1
 
 
+@pytest.mark.root
 def test_entries_naming_the_rootfs_itself(tmp_path: Path) -> None:
     root = unpack_layers(tmp_path, [d("./", mode=0o750, uid=7, gid=8), f("a")])
     info = root.lstat()
@@ -317,6 +333,7 @@ def test_entries_naming_the_rootfs_itself(tmp_path: Path) -> None:
     assert not root.is_symlink()
 
 
+@pytest.mark.root
 def test_ownership_kept_setuid_and_devices_only_on_request(tmp_path: Path) -> None:
     layer = [f("suid", b"s", mode=0o4755, uid=1234, gid=5678),
              entry("null", tarfile.CHRTYPE, mode=0o666, dev=(1, 3)), sym("ln", "suid")]
@@ -332,6 +349,7 @@ def test_ownership_kept_setuid_and_devices_only_on_request(tmp_path: Path) -> No
     assert (root / "null").is_char_device() and (root / "null").stat().st_rdev == os.makedev(1, 3)
 
 
+@pytest.mark.root
 def test_later_layers_replace_types(tmp_path: Path) -> None:
     root = unpack_layers(tmp_path, [d("dir"), f("dir/child"), f("file"), sym("link", "file")],
                          [f("dir", b"now a file"), d("file"), f("link", b"plain")])
@@ -340,6 +358,7 @@ def test_later_layers_replace_types(tmp_path: Path) -> None:
     assert not (root / "link").is_symlink() and (root / "link").read_bytes() == b"plain"
 
 
+@pytest.mark.root
 @pytest.mark.root
 def test_overlay_layers_mounted_match_the_flattened_rootfs(tmp_path: Path) -> None:
     layers = [
@@ -411,6 +430,7 @@ def test_user_errors_name_what_is_wrong(tmp_path: Path, spec: str, message: str)
         resolve_user(spec, [root], "img")
 
 
+@pytest.mark.root
 def test_passwd_symlinked_out_of_the_rootfs_is_not_read(tmp_path: Path) -> None:
     victim_prepare()  # holds passwd "app:x:0:0:HOST-FILE-WAS-READ"
     root = tmp_path / "r"
@@ -420,6 +440,7 @@ def test_passwd_symlinked_out_of_the_rootfs_is_not_read(tmp_path: Path) -> None:
         resolve_user("app", [root], "img")
 
 
+@pytest.mark.root
 def test_user_lookup_across_overlay_layers_stops_at_whiteouts(tmp_path: Path) -> None:
     lower = accounts(tmp_path, PASSWD, GROUP)
     upper = tmp_path / "upper"
@@ -474,6 +495,7 @@ def test_errors_are_minirun_errors() -> None:
     assert issubclass(UnpackError, MiniRunError) and issubclass(DigestError, MiniRunError)
 
 
+@pytest.mark.root
 def test_tar_without_end_blocks_is_accepted_but_a_cut_file_is_not(tmp_path: Path) -> None:
     """umoci 0.4 writes layers that stop right after the last file's data."""
     whole = tar_bytes([f("a", b"1" * 700), f("b", b"22")])
@@ -486,6 +508,7 @@ def test_tar_without_end_blocks_is_accepted_but_a_cut_file_is_not(tmp_path: Path
         unpack_stream(io.BytesIO(trailer_cut[:-1]), root, Mode.FLATTEN, Options(), "layer 0")
 
 
+@pytest.mark.root
 def test_docker25_archive_with_index_and_manifest_json(tmp_path: Path) -> None:
     """Docker 25+ `docker save` writes an OCI layout inside the tar, plus manifest.json."""
     layout = make_layout(tmp_path / "img", [[f("from-docker25", b"yes")]])
@@ -531,6 +554,7 @@ def test_efficiency_of_overwritten_removed_and_opaqued_files(tmp_path: Path) -> 
 
 
 @pytest.mark.root
+@pytest.mark.root
 def test_prepare_twice_unpacks_nothing_and_clears_crash_leftovers(tmp_path: Path) -> None:
     from rootfs_fetch.store import images, prepare
 
@@ -575,6 +599,7 @@ def _docker_save(path: Path, layer_members: dict[str, bytes | str], layers: list
     return path
 
 
+@pytest.mark.root
 def test_docker_save_layer_links_are_followed_inside_the_archive_only(tmp_path: Path) -> None:
     layer = tar_bytes([f("shared", b"s")])
     archive = _docker_save(tmp_path / "save.tar", {"a/layer.tar": layer,

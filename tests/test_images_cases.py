@@ -14,6 +14,8 @@ from test_images_fixtures import VICTIM, copy_case, victim_check, victim_prepare
 
 from minirun.errors import ConfigError, MiniRunError
 
+pytestmark = pytest.mark.root  # unpacking keeps owners: chown(2) to uid 0 and others
+
 DEFAULT_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 
 
