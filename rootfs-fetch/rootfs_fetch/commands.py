@@ -1,7 +1,8 @@
 """``minirun unpack``, ``minirun images`` and ``minirun rmi``: argument set-up and commands.
 
-Kept import-light (argparse and functools only at the top) so that building minirun's parser
-costs nothing; each command imports what it needs when it runs. Errors are raised as
+Kept import-light (argparse and functools only at the top; not even typing or pathlib, which
+minirun's start-up does not load otherwise) so that building minirun's parser costs nothing;
+each command imports what it needs when it runs. Errors are raised as
 minirun.errors classes for the command line to print.
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 import argparse
 import functools
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 _DEFAULT_STORE = "/var/lib/minirun"
 _IMAGE_HELP = ("a path to an OCI layout directory, an oci-archive tar or a docker-save tar; "
@@ -35,7 +34,7 @@ def _os_errors_named(command: Callable[..., int]) -> Callable[..., int]:
     line naming the file, like every other error, instead of a traceback."""
 
     @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> int:
+    def wrapper(*args: object, **kwargs: object) -> int:
         from minirun.errors import MiniRunError
 
         try:
@@ -55,6 +54,7 @@ def unpack_command(args: argparse.Namespace) -> int:
     import os
     import shutil
     import tempfile
+    from pathlib import Path
 
     from minirun.errors import MiniRunError
 
@@ -107,6 +107,8 @@ def add_images_arguments(parser: argparse.ArgumentParser) -> None:
 def images_command(args: argparse.Namespace) -> int:
     if args.efficiency:
         return _efficiency_command(args)
+    from pathlib import Path
+
     from .store import images
 
     rows = images(Path(args.store))
@@ -142,6 +144,8 @@ def add_rmi_arguments(parser: argparse.ArgumentParser) -> None:
 @_os_errors_named
 def rmi_command(args: argparse.Namespace, in_use: frozenset[str] = frozenset()) -> int:
     """``in_use``: ids of images that containers still run on (the runtime knows them)."""
+    from pathlib import Path
+
     from .store import rmi
 
     removed = rmi(Path(args.store), args.image_id, set(in_use))
