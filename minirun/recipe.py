@@ -250,7 +250,33 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
             recipe.leave_out("linux.sysctl", Stage.OCI)
 
 
+# Files below /proc that a bind mount may replace: the ones lxcfs virtualises.
+PROC_BIND_ALLOWED = frozenset({
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+    "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+})
+
+
+def _check_proc_destination(spec: Spec, index: int) -> None:
+    """Refuse a mount that would put something else than procfs where the runtime and the
+    kernel expect procfs: a fake /proc/self/attr bypasses LSM confinement (CVE-2019-16884)."""
+    entry = spec.mounts[index]
+    if entry.destination != "/proc" and not entry.destination.startswith("/proc/"):
+        return
+    if entry.destination == "/proc" and entry.type == "proc":
+        return
+    if entry.destination in PROC_BIND_ALLOWED and "bind" in (entry.type or "") + \
+            " ".join(entry.options):
+        return
+    raise ConfigError(spec.file, f"{entry.where}.destination",
+                      f"{entry.destination}: only procfs may be mounted on /proc, and below it "
+                      "only binds of the files lxcfs provides (a fake /proc could mislead the "
+                      "runtime and the kernel's security modules)")
+
+
 def _mount_plan(spec: Spec, index: int, recipe: Recipe) -> mounts.MountPlan | None:
+    _check_proc_destination(spec, index)
     entry = spec.mounts[index]
     fstype = entry.type
     if fstype in ("cgroup", "cgroup2") and recipe.cgroup is not None:

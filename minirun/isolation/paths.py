@@ -73,17 +73,26 @@ def make_dirs(root_fd: int, path: str, mode: int = 0o755) -> int:
 def make_file(root_fd: int, path: str) -> int:
     """Create an empty file at ``path`` inside the root (as a mount point for a file bind);
     return an O_PATH descriptor to it."""
-    parent, name = os.path.split(os.path.normpath("/" + path))
-    if not name:
-        raise MiniRunError(f"{path}: a file mount point cannot be the root itself")
-    os.close(make_dirs(root_fd, parent))
-    try:
-        fd = open_in_root(root_fd, path, os.O_PATH)
-    except SyscallError as error:
-        if error.errno != errno.ENOENT:
-            raise
-        fd = open_in_root(root_fd, path, os.O_CREAT | os.O_WRONLY | os.O_NOCTTY, 0o644)
-    return fd
+    for _ in range(_MAX_LINKS):
+        parent, name = os.path.split(os.path.normpath("/" + path))
+        if not name:
+            raise MiniRunError(f"{path}: a file mount point cannot be the root itself")
+        parent_fd = make_dirs(root_fd, parent)
+        try:
+            return open_in_root(root_fd, path, os.O_PATH)
+        except SyscallError as error:
+            if error.errno != errno.ENOENT:
+                raise
+            try:
+                # A dangling symlink: create its target, spelled inside the root.
+                target = os.readlink(name, dir_fd=parent_fd)
+            except OSError:
+                return open_in_root(root_fd, path, os.O_CREAT | os.O_WRONLY | os.O_NOCTTY,
+                                    0o644)
+            path = os.path.join(parent if not target.startswith("/") else "/", target)
+        finally:
+            os.close(parent_fd)
+    raise SyscallError("open", f"{path} (inside the rootfs)", errno.ELOOP)
 
 
 def is_dir(fd: int) -> bool:
