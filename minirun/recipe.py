@@ -223,6 +223,8 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
                    lambda ctx: devices.populate(ctx.root_fd))
     recipe.add(Stage.JAIL, f"pivot_root({root}, {root}); umount2(old root, MNT_DETACH)",
                lambda ctx: _pivot(ctx, root))
+    # sysctls go first: readonlyPaths usually makes /proc/sys read-only.
+    _sysctls(spec, stage, recipe)
     _oci_filesystem(spec, stage, recipe)
     namespaces = recipe.namespaces
     if spec.hostname is not None:
@@ -241,6 +243,9 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
             recipe.leave_out("domainname", Stage.OCI)
     if Namespace.NETWORK in namespaces:
         recipe.add(Stage.JAIL, "ioctl(lo, SIOCSIFFLAGS, IFF_UP)", lambda ctx: network.bring_up())
+
+
+def _sysctls(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     if spec.sysctl:
         if stage.has(Stage.OCI):
             table = dict(spec.sysctl)

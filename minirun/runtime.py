@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -264,6 +265,10 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
         for kind, path, fd in opened:
             namespaces.join_fd(kind, fd, path)
             os.close(fd)
+        if not launch.detach:
+            # Orphans of the container come to this process, which ends them when the
+            # container ends; without a pid namespace nothing else would.
+            syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1, "PR_SET_CHILD_SUBREAPER, 1")
         kinds = set(recipe.namespaces)
         if Namespace.USER in kinds:
             _enter_user_namespace(pipes)
@@ -283,6 +288,7 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
             code = 0
             return
         _, status = os.waitpid(child, 0)
+        _end_orphans()
         os.write(pipes.report_w, f"exit {status}\n".encode())
         code = 0
     except MiniRunError as error:
@@ -291,6 +297,29 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
         _send(pipes.error_w, MiniRunError(f"init process: {type(error).__name__}: {error}"))
     finally:
         os._exit(code)
+
+
+def _end_orphans() -> None:
+    """Kill and reap whatever the container left running (this process is their subreaper)."""
+    me = os.getpid()
+    for _ in range(100):
+        try:
+            with open(f"/proc/{me}/task/{me}/children") as stream:
+                children = [int(pid) for pid in stream.read().split()]
+        except OSError:
+            children = []
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
+        if not children:
+            time.sleep(0.01)
 
 
 def _enter_user_namespace(pipes: _Pipes) -> None:

@@ -102,13 +102,7 @@ def test_sigkill_of_minirun_ends_the_containers_background_processes(
     assert_nothing_left(bundle, everything)
 
 
-@pytest.mark.parametrize("stage", [
-    pytest.param("chroot", marks=pytest.mark.xfail(strict=True, reason=(
-        "no pid namespace before stage namespaces: a background process of the container "
-        "is reparented to the host's init and outlives minirun (PDEATHSIG is not inherited "
-        "across fork); the init process would need to be a child subreaper that kills what "
-        "is left"))),
-    "namespaces", "oci"])
+@pytest.mark.parametrize("stage", ["chroot", "namespaces", "oci"])
 def test_a_background_process_ends_with_the_container(
         make_bundle: Callable[..., Path], stage: str) -> None:
     bundle = make_bundle(["sh", "-c", "sleep 30 >/tmp/out 2>&1 & echo $!"])

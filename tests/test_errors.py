@@ -394,10 +394,6 @@ def test_spec_refuses_to_overwrite_and_says_how(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "config.json").read_text()) == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "recipe.py applies readonlyPaths (/proc/sys in the default config) before linux.sysctl, "
-    "so every sysctl write fails with EROFS; the sysctl step belongs before the oci "
-    "file-system steps"))
 def test_a_namespaced_sysctl_is_written_with_the_default_read_only_paths(
         make_bundle: Callable[..., Path]) -> None:
     bundle = make_bundle(["cat", "/proc/sys/net/ipv4/ip_forward"],
