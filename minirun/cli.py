@@ -261,9 +261,10 @@ def _run(args: argparse.Namespace) -> int:
         return int(_lifecycle().start(args.root, container_id))
     spec = load_bundle(bundle)
     if args.explain:
-        print("\n".join(recipe_module.build(spec, stage).explain()))
+        print("\n".join(recipe_module.build(spec, stage, no_pivot=args.no_pivot,
+                                            preserve_fds=args.preserve_fds).explain()))
         return 0
-    return _run_spec(spec, stage, container_id)
+    return _run_spec(args, spec, stage, container_id)
 
 
 def _looks_like_image(target: str) -> bool:
@@ -276,7 +277,7 @@ def _looks_like_image(target: str) -> bool:
     return os.path.isfile(target) and target.endswith((".tar", ".tar.gz", ".oci", ".tgz"))
 
 
-def _run_spec(spec: Spec, stage: Stage, container_id: str,
+def _run_spec(args: argparse.Namespace, spec: Spec, stage: Stage, container_id: str,
               overlay: Overlay | None = None) -> int:
     if os.geteuid() != 0:
         raise UnsupportedError("minirun run needs root (try sudo)")
@@ -287,7 +288,8 @@ def _run_spec(spec: Spec, stage: Stage, container_id: str,
     # Refuse a bad or unsupported config before the cgroup probe warns about anything.
     recipe_module.build(spec, stage, None, overlay)
     hooks = hooks_for(spec, stage, container_id)
-    recipe = recipe_module.build(spec, stage, hooks.cgroup, overlay)
+    recipe = recipe_module.build(spec, stage, hooks.cgroup, overlay,
+                                 no_pivot=args.no_pivot, preserve_fds=args.preserve_fds)
     for item in recipe.left_out:
         log.info("stage %s leaves out %s", stage.label, item)
     return runtime.run(recipe, hooks)
@@ -312,7 +314,7 @@ def _run_image(args: argparse.Namespace, reference: str, container_id: str,
             recipe = recipe_module.build(container.spec, stage, None, container.overlay)
             print("\n".join(recipe.explain()))
             return 0
-        return _run_spec(container.spec, stage, container_id, container.overlay)
+        return _run_spec(args, container.spec, stage, container_id, container.overlay)
     finally:
         container.remove()
 
@@ -346,7 +348,8 @@ def _create(args: argparse.Namespace, bundle: str | None = None,
         raise UnsupportedError("minirun create needs root (try sudo)")
     options = lifecycle.CreateOptions(
         root=args.root, bundle=bundle or args.bundle, container_id=container_id or args.id,
-        pid_file=args.pid_file, console_socket=args.console_socket,
+        pid_file=args.pid_file, console_socket=args.console_socket, no_pivot=args.no_pivot,
+        preserve_fds=args.preserve_fds,
         stage=Stage.parse(args.stage) if args.stage else Stage.OCI)
     return int(lifecycle.create(options))
 

@@ -33,6 +33,8 @@ class CreateOptions:
     console_socket: str | None = None
     stage: Stage = Stage.OCI
     detach: bool = True
+    no_pivot: bool = False
+    preserve_fds: int = 0
 
 
 def create(options: CreateOptions) -> int:
@@ -50,7 +52,8 @@ def create(options: CreateOptions) -> int:
         hooks = hooks_for(spec, options.stage, options.container_id)
         console = _connect_console(options.console_socket) if spec.process.terminal else -1
         recipe = recipe_module.build(spec, options.stage, hooks.cgroup, fifo=fifo,
-                                     console=console >= 0)
+                                     console=console >= 0, no_pivot=options.no_pivot,
+                                     preserve_fds=options.preserve_fds)
         container.data["cgroup"] = hooks.cgroup
 
         def record(pid: int) -> None:

@@ -82,6 +82,9 @@ class Recipe:
     namespaces: frozenset[Namespace]
     cgroup: str | None = None  # the container's cgroup directory on the host, if it has one
     overlay: Overlay | None = None  # image layers to stack on the rootfs (image stage)
+    joins: tuple[tuple[Namespace, str], ...] = ()  # existing namespaces to enter (path)
+    preserve_fds: int = 0  # descriptors 3 .. 3+N-1 that the container keeps
+    no_pivot: bool = False  # MS_MOVE + chroot instead of pivot_root (a ramdisk root)
     steps: list[Step] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
 
@@ -99,6 +102,8 @@ class Recipe:
         if self.namespaces:
             lines.append(f"  {'unshare(' + flag_names(self.namespaces) + ')':<72} "
                          f"[{_ns_stage(self.namespaces)}]")
+            for kind, path in self.joins:
+                lines.append(f"  {'setns(' + path + ', ' + kind.flag_name + ')':<72} [oci]")
             if Namespace.PID in self.namespaces:
                 lines.append(f"  {'fork() -> pid 1 of the new pid namespace':<72} "
                              f"[{Stage.NAMESPACES.label}]")
@@ -115,14 +120,15 @@ def _ns_stage(kinds: frozenset[Namespace]) -> str:
 
 def build(spec: Spec, stage: Stage, cgroup: str | None = None,
           overlay: Overlay | None = None, fifo: str | None = None,
-          console: bool = False) -> Recipe:
+          console: bool = False, no_pivot: bool = False, preserve_fds: int = 0) -> Recipe:
     """Turn ``spec`` into the ordered steps that ``stage`` carries out; ``cgroup`` is the
     container's cgroup directory when the cgroup manager made one, ``overlay`` the image
     layers when the rootfs is assembled from an image."""
     if overlay is not None and not stage.has(Stage.IMAGE):
         raise UnsupportedError(f"running an image needs stage image or oci, not {stage.label}"
                                " (or unpack it first: minirun unpack IMAGE BUNDLE)")
-    recipe = Recipe(spec, stage, _namespaces(spec, stage), cgroup, overlay)
+    recipe = Recipe(spec, stage, _namespaces(spec, stage), cgroup, overlay,
+                    preserve_fds=preserve_fds, no_pivot=no_pivot)
     _check_unsupported(spec, stage, recipe, console)
     if fifo is not None:
         recipe.add(Stage.OCI, f"open({fifo}, O_PATH); open(/proc, O_PATH) (for the start "
@@ -175,8 +181,16 @@ def _check_unsupported(spec: Spec, stage: Stage, recipe: Recipe, console: bool) 
     for entry in spec.namespaces:
         where = f"linux.namespaces[{entry.index}]"
         if entry.path is not None:
-            raise UnsupportedError(f"{spec.file}: {where}.path: joining an existing "
-                                   "namespace is not supported by minirun yet")
+            if entry.kind in (Namespace.MOUNT, Namespace.USER):
+                raise UnsupportedError(f"{spec.file}: {where}.path: joining an existing "
+                                       f"{entry.kind.oci_name} namespace is not supported by "
+                                       "minirun yet")
+            if not stage.has(Stage.OCI):
+                recipe.leave_out(f"{where}.path (join {entry.path})", Stage.OCI)
+                continue
+            if not os.path.exists(entry.path):
+                raise ConfigError(spec.file, f"{where}.path", f"{entry.path} does not exist")
+            recipe.joins += ((entry.kind, entry.path),)
         if entry.kind is Namespace.TIME:
             raise UnsupportedError(f"{spec.file}: {where}.type: time namespaces are not "
                                    "supported by minirun yet")
@@ -221,8 +235,12 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     if stage.has(Stage.NAMESPACES):
         recipe.add(Stage.NAMESPACES, f"mount(/dev/X -> /dev/X, bind) for {devices.describe()}",
                    lambda ctx: devices.populate(ctx.root_fd))
-    recipe.add(Stage.JAIL, f"pivot_root({root}, {root}); umount2(old root, MNT_DETACH)",
-               lambda ctx: _pivot(ctx, root))
+    if recipe.no_pivot:
+        recipe.add(Stage.OCI, f"mount({root} -> /, MS_MOVE); chroot(.) (--no-pivot)",
+                   lambda ctx: _move_root(ctx, root))
+    else:
+        recipe.add(Stage.JAIL, f"pivot_root({root}, {root}); umount2(old root, MNT_DETACH)",
+                   lambda ctx: _pivot(ctx, root))
     # sysctls go first: readonlyPaths usually makes /proc/sys read-only.
     _sysctls(spec, stage, recipe)
     _oci_filesystem(spec, stage, recipe)
@@ -399,9 +417,9 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
         for name, present in given:
             if present:
                 recipe.leave_out(name, Stage.NAMESPACES)
-    recipe.add(Stage.CHROOT, "close_range(3, ~0) but the error pipe",
-               lambda ctx: syscalls.close_from(3, keep=(ctx.error_fd, ctx.ready_fd,
-                                                         ctx.console)))
+    recipe.add(Stage.CHROOT, f"close_range({3 + recipe.preserve_fds}, ~0) but the error pipe",
+               lambda ctx: syscalls.close_from(3 + recipe.preserve_fds,
+                                               keep=(ctx.error_fd, ctx.ready_fd, ctx.console)))
     recipe.add(Stage.CHROOT, f"chdir({cwd})", lambda ctx: _enter_cwd(cwd))
     seccomp_config = spec.raw.get("linux", {}).get("seccomp")
     if seccomp_config:
@@ -461,6 +479,12 @@ def _perform_mount(plan: mounts.MountPlan, ctx: Context) -> None:
 
 def _mask(path: str, ctx: Context) -> None:
     mounts.mask(path)
+
+
+def _move_root(ctx: Context, root: str) -> None:
+    os.close(ctx.root_fd)
+    ctx.root_fd = -1
+    rootfs.move_onto_root(root)
 
 
 def _readonly(path: str, ctx: Context) -> None:

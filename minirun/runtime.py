@@ -260,7 +260,7 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
         # /proc/PID of the host means nothing. The user namespace is entered first, since
         # it grants the rights to enter the ones it owns.
         opened = [(kind, path, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-                  for kind, path in sorted(launch.join,
+                  for kind, path in sorted(launch.join + recipe.joins,
                                            key=lambda item: item[0] is not Namespace.USER)]
         for kind, path, fd in opened:
             namespaces.join_fd(kind, fd, path)

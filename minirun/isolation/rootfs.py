@@ -57,6 +57,15 @@ def pivot(rootfs: str) -> None:
     os.chdir("/")
 
 
+def move_onto_root(rootfs: str) -> None:
+    """Move the rootfs mount onto / and chroot into it: for a root on a ramdisk (initramfs),
+    where pivot_root(2) is refused. The old root stays reachable to a process with
+    CAP_SYS_CHROOT, as in the chroot stage."""
+    os.chdir(rootfs)
+    syscalls.mount(rootfs, "/", None, syscalls.MOUNT_FLAGS["MS_MOVE"])
+    chroot(".")
+
+
 def set_propagation(mode: str) -> None:
     syscalls.mount(None, "/", None, PROPAGATION[mode])
 

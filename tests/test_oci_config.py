@@ -1,0 +1,92 @@
+"""Config fields of the oci stage, each checked from inside a real container."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support import MINIRUN, minirun
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace of the test's own."""
+    name = f"minirun-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=True)
+
+
+def test_namespace_path_joins_an_existing_network_namespace(
+        make_bundle: Callable[..., Path], netns: str) -> None:
+    def edit(config: dict) -> None:
+        for entry in config["linux"]["namespaces"]:
+            if entry["type"] == "network":
+                entry["path"] = netns
+
+    bundle = make_bundle(["readlink", "/proc/self/ns/net"], edit)
+    inode = os.stat(netns).st_ino
+    assert minirun("run", str(bundle), check=True).stdout.strip() == f"net:[{inode}]"
+    explain = minirun("run", "--explain", str(bundle), check=True).stdout
+    assert f"setns({netns}, CLONE_NEWNET)" in explain
+
+
+def test_seccomp_denies_what_the_profile_denies(make_bundle: Callable[..., Path]) -> None:
+    def edit(config: dict) -> None:
+        config["linux"]["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                          "errnoRet": 1}]}
+
+    bundle = make_bundle(["sh", "-c", "mkdir /made 2>&1; grep Seccomp: /proc/self/status"],
+                         edit)
+    out = minirun("run", str(bundle), check=True).stdout
+    assert "Operation not permitted" in out and "Seccomp:\t2" in out
+    assert not (bundle / "rootfs" / "made").exists()
+
+
+def test_podmans_default_seccomp_profile_loads(make_bundle: Callable[..., Path]) -> None:
+    profile = Path("/usr/share/containers/seccomp.json")
+    bundle = make_bundle(["sh", "-c", "grep Seccomp: /proc/self/status"],
+                         lambda c: c["linux"].update(seccomp=json.loads(profile.read_text())))
+    assert "Seccomp:\t2" in minirun("run", str(bundle), check=True).stdout
+
+
+def test_preserve_fds_passes_exactly_those(make_bundle: Callable[..., Path]) -> None:
+    bundle = make_bundle(["sh", "-c", "ls /proc/self/fd | tr '\\n' ' '"])
+    # Three descriptors from 3 up; only the first two may reach the container.
+    command = (f"exec {MINIRUN} run --preserve-fds 2 {bundle} "
+               "3</dev/null 4</dev/null 5</dev/null")
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True,
+                            env={**os.environ, "MINIRUN_LOG": "error"})
+    seen = sorted(int(fd) for fd in result.stdout.split())
+    # 0-2, the two kept, and the directory ls itself reads (the lowest free number: 5).
+    assert seen == [0, 1, 2, 3, 4, 5], result.stdout
+
+
+def test_no_pivot_moves_the_root(make_bundle: Callable[..., Path]) -> None:
+    bundle = make_bundle(["sh", "-c", "echo pid=$$; cat /etc/hostname"])
+    out = minirun("run", "--no-pivot", str(bundle), check=True).stdout.split()
+    assert out == ["pid=1", "minirun"]
+    assert "MS_MOVE" in minirun("run", "--explain", "--no-pivot", str(bundle),
+                                check=True).stdout
+
+
+def test_readonly_root_and_sysctl(make_bundle: Callable[..., Path]) -> None:
+    def edit(config: dict) -> None:
+        config["root"]["readonly"] = True
+        config["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+        config["process"]["oomScoreAdj"] = 500
+
+    script = ("touch /x 2>/dev/null && echo writable || echo read-only; "
+              "cat /proc/sys/net/ipv4/ip_forward; cat /proc/self/oom_score_adj")
+    out = minirun("run", str(make_bundle(["sh", "-c", script], edit)), check=True).stdout
+    assert out.split() == ["read-only", "1", "500"]
