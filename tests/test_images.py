@@ -326,6 +326,7 @@ def test_entries_naming_the_rootfs_itself(tmp_path: Path) -> None:
     root = unpack_layers(tmp_path, [d("./", mode=0o750, uid=7, gid=8), f("a")])
     info = root.lstat()
     assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o750
+    assert info.st_mtime == 1_700_000_000
     assert (info.st_uid, info.st_gid) == (7, 8)
     for name in (".", "/", "./"):
         with pytest.raises(UnpackError, match="would replace the rootfs directory itself"):
@@ -342,6 +343,8 @@ def test_ownership_kept_setuid_and_devices_only_on_request(tmp_path: Path) -> No
     info = (plain / "suid").stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (1234, 5678, 0o755)
     assert not (plain / "null").exists()
+    shared = unpack_layers(tmp_path / "plain", [d("mail", mode=0o2775, gid=8)])
+    assert stat.S_IMODE((shared / "mail").stat().st_mode) == 0o2775, "setgid dirs grant nothing"
     kept = tmp_path / "kept"
     kept.mkdir()
     root = unpack_layers(kept, layer, options=Options(keep_devices=True, keep_setuid=True))

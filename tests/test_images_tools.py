@@ -72,7 +72,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """What matters in a rootfs: kinds, modes, owners, link targets, file contents."""
+    """What matters in a rootfs: kinds, modes, owners, mtimes of non-directories, link
+    targets, file contents."""
     result: dict[str, tuple[object, ...]] = {}
     for path in [root, *root.rglob("*")]:
         info = path.lstat()
@@ -83,8 +84,10 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             detail = hashlib.sha256(path.read_bytes()).hexdigest()
         else:
             detail = None
+        # A directory that a later layer changes gets the time of the unpack, in umoci too.
+        mtime = None if stat.S_ISDIR(info.st_mode) else int(info.st_mtime)
         result[rel] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_uid,
-                       info.st_gid, detail)
+                       info.st_gid, mtime, detail)
     return result
 
 

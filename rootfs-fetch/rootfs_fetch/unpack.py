@@ -15,8 +15,8 @@ mode (one directory per layer, for overlayfs lowerdir=) they become overlayfs wh
 a 0/0 character device, and the ``trusted.overlay.opaque=y`` xattr (kernel
 Documentation/filesystems/overlayfs.rst).
 
-Device nodes and setuid/setgid bits (and file capabilities) are kept only when asked for;
-ownership is always kept (minirun unpacks as root).
+Device nodes and setuid/setgid bits of files (and file capabilities) are kept only when asked
+for; ownership is always kept (minirun unpacks as root).
 """
 
 from __future__ import annotations
@@ -162,6 +162,7 @@ class LayerWriter:
             os.fchmod(fd, self._mode_bits(member))
         finally:
             os.close(fd)
+        self._dir_times.append(("", int(member.mtime)))
 
     # --- kinds of entries ----------------------------------------------------------------
 
@@ -244,7 +245,10 @@ class LayerWriter:
 
     def _mode_bits(self, member: tarfile.TarInfo) -> int:
         mode = member.mode & 0o7777
-        if mode & 0o6000 and not self.options.keep_setuid:
+        # On a directory setgid only makes new entries inherit its group (Debian's /var/mail
+        # relies on it) and setuid means nothing: neither grants privilege, both are kept.
+        privileged = 0 if member.isdir() else mode & 0o6000
+        if privileged and not self.options.keep_setuid:
             self.stats.setuid_stripped += 1
             mode &= ~0o6000
         return mode
