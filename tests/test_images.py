@@ -452,6 +452,14 @@ def test_user_lookup_across_overlay_layers_stops_at_whiteouts(tmp_path: Path) ->
     os.mknod(upper / "etc/passwd", stat.S_IFCHR, os.makedev(0, 0))
     with pytest.raises(ConfigError, match="user 'app'"):
         resolve_user("app", [upper, lower], "img")
+    (upper / "etc/passwd").unlink()
+    os.setxattr(upper / "etc", "trusted.overlay.opaque", b"y")
+    with pytest.raises(ConfigError, match="user 'app'"):
+        resolve_user("app", [upper, lower], "img")
+    (upper / "etc").rmdir()
+    os.mknod(upper / "etc", stat.S_IFCHR, os.makedev(0, 0))
+    with pytest.raises(ConfigError, match="user 'app'"):
+        resolve_user("app", [upper, lower], "img")
 
 
 def test_convert_follows_the_conversion_rules(tmp_path: Path) -> None:

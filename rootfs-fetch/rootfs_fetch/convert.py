@@ -260,7 +260,7 @@ def _read_in_root(root_fd: int, path: str) -> bytes | None:
     try:
         fd = open_in_root(root_fd, path, os.O_PATH)
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return b"" if _hidden_below(root_fd, path) else None
     try:
         info = os.fstat(fd)
         if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
@@ -273,3 +273,30 @@ def _read_in_root(root_fd: int, path: str) -> bytes | None:
             return handle.read(_ACCOUNT_FILE_CAP)
     finally:
         os.close(fd)
+
+
+def _hidden_below(root_fd: int, path: str) -> bool:
+    """Does this layer hide ``path`` of lower layers: a parent whited out (a 0/0 character
+    device) or made opaque (trusted.overlay.opaque=y)? Kernel overlayfs.rst, "whiteouts"."""
+    parts = path.split("/")[:-1]
+    for end in range(1, len(parts) + 1):
+        try:
+            fd = open_in_root(root_fd, "/".join(parts[:end]), os.O_PATH)
+        except OSError:
+            return False
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+                return True
+            if stat.S_ISDIR(info.st_mode) and _opaque(fd):
+                return True
+        finally:
+            os.close(fd)
+    return False
+
+
+def _opaque(fd: int) -> bool:
+    try:  # fgetxattr(2) refuses O_PATH fds; the /proc link names the same directory
+        return os.getxattr(f"/proc/self/fd/{fd}", "trusted.overlay.opaque") == b"y"
+    except OSError:
+        return False
