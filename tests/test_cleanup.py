@@ -102,11 +102,22 @@ def test_sigkill_of_minirun_ends_the_containers_background_processes(
     assert_nothing_left(bundle, everything)
 
 
-@pytest.mark.parametrize("stage", ["chroot", "namespaces", "oci"])
+@pytest.mark.parametrize("stage", [
+    "chroot",
+    pytest.param("jail", marks=pytest.mark.xfail(strict=True, reason=(
+        "pivot_root moves the init process's root too (it shares the container's mount "
+        "namespace), so its /proc/PID/task/PID/children is gone and _end_orphans finds no "
+        "orphan; the sleep is left to the host's init"))),
+    "namespaces", "oci"])
 def test_a_background_process_ends_with_the_container(
         make_bundle: Callable[..., Path], stage: str) -> None:
-    bundle = make_bundle(["sh", "-c", "sleep 30 >/tmp/out 2>&1 & echo $!"])
-    (bundle / "rootfs" / "dev" / "null").touch()  # sh's `&` needs it; chroot has no devices
+    def edit(config: dict) -> None:
+        # sh's `&` opens /dev/null: below stage namespaces there are no devices, so keep the
+        # rootfs's own /dev (a plain file stands in) instead of the config's empty tmpfs.
+        config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/dev"]
+
+    bundle = make_bundle(["sh", "-c", "sleep 30 >/tmp/out 2>&1 & echo $!"], edit)
+    (bundle / "rootfs" / "dev" / "null").touch()
     before = {proc.pid for proc in psutil.process_iter()}
     result = minirun("run", "--stage", stage, str(bundle), check=True)
     time.sleep(0.2)

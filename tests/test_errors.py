@@ -399,5 +399,6 @@ def test_a_namespaced_sysctl_is_written_with_the_default_read_only_paths(
     bundle = make_bundle(["cat", "/proc/sys/net/ipv4/ip_forward"],
                          lambda config: config["linux"].update(
                              sysctl={"net.ipv4.ip_forward": "1"}))
+    # The sysctl is written before readonlyPaths makes /proc/sys read-only.
     result = minirun("run", str(bundle))
     assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
