@@ -289,7 +289,8 @@ def _run_spec(args: argparse.Namespace, spec: Spec, stage: Stage, container_id: 
     recipe_module.build(spec, stage, None, overlay)
     hooks = hooks_for(spec, stage, container_id)
     recipe = recipe_module.build(spec, stage, hooks.cgroup, overlay,
-                                 no_pivot=args.no_pivot, preserve_fds=args.preserve_fds)
+                                 no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
+                                 container_id=container_id)
     for item in recipe.left_out:
         log.info("stage %s leaves out %s", stage.label, item)
     return runtime.run(recipe, hooks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ from minirun.errors import ConfigError, MiniRunError, UnsupportedError
 from minirun.spec import Spec
 from minirun.stages import Stage
 from minirun.state import Container, ContainerError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,7 +56,8 @@ def create(options: CreateOptions) -> int:
         console = _connect_console(options.console_socket) if spec.process.terminal else -1
         recipe = recipe_module.build(spec, options.stage, hooks.cgroup, fifo=fifo,
                                      console=console >= 0, no_pivot=options.no_pivot,
-                                     preserve_fds=options.preserve_fds)
+                                     preserve_fds=options.preserve_fds,
+                                     container_id=options.container_id)
         container.data["cgroup"] = hooks.cgroup
 
         def record(pid: int) -> None:
@@ -126,7 +130,27 @@ def start(root: str, container_id: str) -> int:
         finally:
             os.close(fd)
         os.unlink(container.fifo)
+        _run_hooks(container, "poststart", "running")
     return 0
+
+
+def _run_hooks(container: Container, kind: str, status: str) -> None:
+    """poststart and poststop, read again from the bundle's config.json; warnings only."""
+    from minirun import hooks as oci_hooks
+
+    path = os.path.join(container.data.get("bundle", ""), "config.json")
+    try:
+        with open(path) as stream:
+            config = json.load(stream)
+        entries = oci_hooks.parse(config.get("hooks"), path).get(kind, ())
+    except (OSError, ValueError, MiniRunError) as error:
+        log.warning("%s hooks not run: %s", kind, error)
+        return
+    if entries:
+        oci_hooks.run(entries, oci_hooks.state(container.id, status, container.pid,
+                                               container.data.get("bundle", ""),
+                                               container.data.get("annotations", {})),
+                      fatal=False)
 
 
 def _wait_readable(fd: int, container: Container) -> None:
@@ -204,6 +228,7 @@ def delete(root: str, container_id: str, force: bool) -> int:
                     os.kill(pid, signal.SIGKILL)
             _wait_gone(container)
         _destroy_cgroup(container)
+        _run_hooks(container, "poststop", "stopped")
         state_dir.remove(container)
     return 0
 

@@ -12,7 +12,9 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from minirun import hooks as hooks_module
 from minirun.errors import ConfigError, MiniRunError, SyscallError, UnsupportedError
 from minirun.isolation import (
     devices,
@@ -26,6 +28,9 @@ from minirun.isolation import (
 )
 from minirun.isolation.namespaces import Namespace, flag_names
 from minirun.isolation.overlay import Overlay
+
+if TYPE_CHECKING:
+    from minirun.hooks import Hook
 from minirun.spec import Spec
 from minirun.stages import Stage
 
@@ -42,7 +47,6 @@ _NAMESPACED_MOUNT_TYPES = {"proc": "pid", "mqueue": "ipc", "cgroup": "cgroup",
 # Fields no stage carries out yet. At the oci stage they are refused; earlier stages list
 # them as left out. Remove an entry when its feature lands.
 NOT_YET = {
-    "hooks": "hooks",
     "linux.personality": "personality",
     "linux.intelRdt": "Intel RDT",
     "process.apparmorProfile": "AppArmor profiles",
@@ -57,8 +61,11 @@ NOT_YET = {
 class Context:
     """What the steps share inside the container process."""
 
-    def __init__(self, error_fd: int, ready_fd: int = -1, console: int = -1) -> None:
+    def __init__(self, error_fd: int, ready_fd: int = -1, console: int = -1,
+                 go_fd: int = -1) -> None:
         self.error_fd = error_fd
+        self.go_fd = go_fd  # the runtime writes one byte here once its hooks have run
+        self.host_pid = 0
         self.ready_fd = ready_fd
         self.console = console
         self.started = False  # past `minirun start`: nobody reads the error pipe any more
@@ -85,6 +92,16 @@ class Recipe:
     joins: tuple[tuple[Namespace, str], ...] = ()  # existing namespaces to enter (path)
     preserve_fds: int = 0  # descriptors 3 .. 3+N-1 that the container keeps
     no_pivot: bool = False  # MS_MOVE + chroot instead of pivot_root (a ramdisk root)
+    container_id: str = ""
+    hooks: dict[str, tuple[Hook, ...]] = field(default_factory=dict)
+
+    def runtime_hooks(self) -> tuple[Hook, ...]:
+        """The hooks the runtime itself runs once the container's namespaces exist."""
+        return self.hooks.get("prestart", ()) + self.hooks.get("createRuntime", ())
+
+    def hook_state(self, status: str, pid: int) -> dict[str, object]:
+        return hooks_module.state(self.container_id, status, pid, self.spec.bundle,
+                                  self.spec.raw.get("annotations") or {})
     steps: list[Step] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
 
@@ -120,7 +137,8 @@ def _ns_stage(kinds: frozenset[Namespace]) -> str:
 
 def build(spec: Spec, stage: Stage, cgroup: str | None = None,
           overlay: Overlay | None = None, fifo: str | None = None,
-          console: bool = False, no_pivot: bool = False, preserve_fds: int = 0) -> Recipe:
+          console: bool = False, no_pivot: bool = False, preserve_fds: int = 0,
+          container_id: str = "") -> Recipe:
     """Turn ``spec`` into the ordered steps that ``stage`` carries out; ``cgroup`` is the
     container's cgroup directory when the cgroup manager made one, ``overlay`` the image
     layers when the rootfs is assembled from an image."""
@@ -128,8 +146,9 @@ def build(spec: Spec, stage: Stage, cgroup: str | None = None,
         raise UnsupportedError(f"running an image needs stage image or oci, not {stage.label}"
                                " (or unpack it first: minirun unpack IMAGE BUNDLE)")
     recipe = Recipe(spec, stage, _namespaces(spec, stage), cgroup, overlay,
-                    preserve_fds=preserve_fds, no_pivot=no_pivot)
+                    preserve_fds=preserve_fds, no_pivot=no_pivot, container_id=container_id)
     _check_unsupported(spec, stage, recipe, console)
+    _hooks(spec, stage, recipe)
     if fifo is not None:
         recipe.add(Stage.OCI, f"open({fifo}, O_PATH); open(/proc, O_PATH) (for the start "
                    "handshake)", lambda ctx: _open_fifo(ctx, fifo))
@@ -235,6 +254,9 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     if stage.has(Stage.NAMESPACES):
         recipe.add(Stage.NAMESPACES, f"mount(/dev/X -> /dev/X, bind) for {devices.describe()}",
                    lambda ctx: devices.populate(ctx.root_fd))
+    for hook in recipe.hooks.get("createContainer", ()):
+        recipe.add(Stage.OCI, f"run hook {hook.where} {hook.path} (container namespaces)",
+                   functools.partial(_run_hook, recipe, hook, "created"))
     if recipe.no_pivot:
         recipe.add(Stage.OCI, f"mount({root} -> /, MS_MOVE); chroot(.) (--no-pivot)",
                    lambda ctx: _move_root(ctx, root))
@@ -374,6 +396,9 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
         program = proc.args[0]
         recipe.add(Stage.OCI, "report created; open(exec.fifo, O_WRONLY) blocks until "
                    "minirun start", lambda ctx: _wait_for_start(ctx, program))
+    for hook in recipe.hooks.get("startContainer", ()):
+        recipe.add(Stage.OCI, f"run hook {hook.where} {hook.path} (inside the container)",
+                   functools.partial(_run_hook, recipe, hook, "created"))
     if late:
         limits = [(r.type, r.soft, r.hard) for r in proc.rlimits]
         if limits:
@@ -436,6 +461,35 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     args = proc.args
     recipe.add(Stage.CHROOT, f"execve({args[0]}, {list(args)})",
                lambda ctx: process.exec_program(args, ctx.env))
+
+
+def _hooks(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+    parsed = hooks_module.parse(spec.raw.get("hooks"), spec.file)
+    if not any(parsed.values()):
+        return
+    if not stage.has(Stage.OCI):
+        recipe.leave_out("hooks", Stage.OCI)
+        return
+    recipe.hooks = parsed
+    # The state hooks read names the container's pid as the host sees it: read it while the
+    # host's /proc is still the one mounted.
+    recipe.add(Stage.OCI, "readlink(/proc/self) (the pid hooks are told)", _note_host_pid)
+    if recipe.runtime_hooks():
+        recipe.add(Stage.OCI, "read(sync pipe): wait while the runtime runs prestart and "
+                   "createRuntime hooks", _wait_for_runtime_hooks)
+
+
+def _note_host_pid(ctx: Context) -> None:
+    ctx.host_pid = int(os.readlink("/proc/self"))
+
+
+def _wait_for_runtime_hooks(ctx: Context) -> None:
+    if os.read(ctx.go_fd, 1) != b"h":
+        raise MiniRunError("the runtime's createRuntime hooks did not finish")
+
+
+def _run_hook(recipe: Recipe, hook: Hook, status: str, ctx: Context) -> None:
+    hooks_module.run((hook,), recipe.hook_state(status, ctx.host_pid))
 
 
 def _open_fifo(ctx: Context, fifo: str) -> None:

@@ -119,6 +119,12 @@ def run(recipe: Recipe, hooks: Hooks | None = None, launch: Launch | None = None
             state.container_pid = int(line.split()[1])
             if launch.on_pid is not None:
                 launch.on_pid(state.container_pid)
+            if recipe.runtime_hooks():
+                from minirun import hooks as oci_hooks
+
+                oci_hooks.run(recipe.runtime_hooks(),
+                              recipe.hook_state("creating", state.container_pid))
+                os.write(pipes.go_w, b"h")
         error = _read_all(pipes.error_r)
         if launch.detach and error in (READY, b""):  # created, or (exec -d) running
             state.reap()
@@ -129,11 +135,13 @@ def run(recipe: Recipe, hooks: Hooks | None = None, launch: Launch | None = None
             raise from_wire(error)
         log.debug("container process %s is running %s", state.container_pid,
                   recipe.spec.process.args[0])
+        _after_hooks(recipe, "poststart", "running", state.container_pid)
         line = reports.next() if state.container_pid else ""
         state.reap()
         if not line.startswith("exit "):
             raise MiniRunError("the container's init process ended without a status")
         status = int(line.split()[1])
+        _after_hooks(recipe, "poststop", "stopped", state.container_pid)
         if hooks.oom_killed is not None and hooks.oom_killed():
             print("minirun: the container was killed by the OOM killer (memory.max reached)",
                   file=sys.stderr)
@@ -146,6 +154,14 @@ def run(recipe: Recipe, hooks: Hooks | None = None, launch: Launch | None = None
         pipes.close_parent()
         if hooks.cleanup is not None and not created:
             hooks.cleanup()
+
+
+def _after_hooks(recipe: Recipe, kind: str, status: str, pid: int) -> None:
+    """poststart and poststop: a failure is reported, not fatal (config.md)."""
+    if recipe.hooks.get(kind):
+        from minirun import hooks as oci_hooks
+
+        oci_hooks.run(recipe.hooks[kind], recipe.hook_state(status, pid), fatal=False)
 
 
 def exit_status(status: int) -> int:
@@ -277,7 +293,7 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
         child = os.fork()
         if child == 0:
             os.close(pipes.ready_r)
-            _container_process(recipe, pipes.error_w, pipes.ready_w, launch)
+            _container_process(recipe, pipes.error_w, pipes.ready_w, launch, pipes.go_r)
         os.close(pipes.error_w)
         os.close(pipes.ready_w)
         os.write(pipes.report_w, f"pid {child}\n".encode())
@@ -337,9 +353,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _container_process(recipe: Recipe, error_fd: int, ready_fd: int, launch: Launch) -> None:
+def _container_process(recipe: Recipe, error_fd: int, ready_fd: int, launch: Launch,
+                       go_fd: int) -> None:
     """The second child: carry out every step; the last one is execve."""
-    context = Context(error_fd, ready_fd, launch.console)
+    context = Context(error_fd, ready_fd, launch.console, go_fd)
     try:
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG, SIGKILL")
         reset_signals()

@@ -229,3 +229,21 @@ def test_sigkill_of_create_leaves_no_orphan(root: str, make_bundle: Callable[...
     _reap()
     leftovers = [p for p, cmd in _processes_named(str(bundle)) if p != os.getpid()]
     assert leftovers == []
+
+
+def test_poststart_and_poststop_hooks_run_at_start_and_delete(
+        root: str, make_bundle: Callable[..., Path], tmp_path: Path) -> None:
+    log = tmp_path / "hooks.log"
+
+    def hook(kind: str) -> dict[str, object]:
+        return {"path": "/bin/sh", "args": ["sh", "-c", f"echo {kind} >> {log}"]}
+
+    bundle = make_bundle(["sleep", "30"], lambda c: c.update(hooks={
+        "createRuntime": [hook("createRuntime")], "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")]}))
+    detached("--root", root, "create", "-b", str(bundle), "h1")
+    assert log.read_text().split() == ["createRuntime"]
+    minirun("--root", root, "start", "h1", check=True)
+    assert log.read_text().split() == ["createRuntime", "poststart"]
+    minirun("--root", root, "delete", "--force", "h1", check=True)
+    assert log.read_text().split() == ["createRuntime", "poststart", "poststop"]

@@ -90,3 +90,51 @@ def test_readonly_root_and_sysctl(make_bundle: Callable[..., Path]) -> None:
               "cat /proc/sys/net/ipv4/ip_forward; cat /proc/self/oom_score_adj")
     out = minirun("run", str(make_bundle(["sh", "-c", script], edit)), check=True).stdout
     assert out.split() == ["read-only", "1", "500"]
+
+
+def _hook_script(log: Path, kind: str) -> dict[str, object]:
+    """A hook that records its kind, the state's status and pid, and where it ran."""
+    command = (f"read -r state; echo \"{kind} $(echo \"$state\" | "
+               "sed -E 's/.*\"status\": \"([a-z]+)\".*\"pid\": ([0-9]+).*/\\1 \\2/') "
+               f"$(readlink /proc/self/ns/uts)\" >> {log}")
+    return {"path": "/bin/sh", "args": ["sh", "-c", command]}
+
+
+def test_all_six_hook_kinds_run_in_order(make_bundle: Callable[..., Path],
+                                         tmp_path: Path) -> None:
+    log = tmp_path / "hooks.log"
+    log.touch()
+    log.chmod(0o666)
+
+    def edit(config: dict) -> None:
+        config["hostname"] = "inside"
+        config["hooks"] = {kind: [_hook_script(log, kind)] for kind in
+                           ("prestart", "createRuntime", "createContainer", "poststart",
+                            "poststop")}
+        # startContainer runs inside the container: its log is a path there.
+        config["hooks"]["startContainer"] = [
+            {"path": "/bin/sh", "args": ["sh", "-c", "cat > /start-state; hostname > /where"]}]
+
+    bundle = make_bundle(["sh", "-c", "echo main"], edit)
+    assert minirun("run", str(bundle), "hooked", check=True).stdout == "main\n"
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert [line[0] for line in lines] == ["prestart", "createRuntime", "createContainer",
+                                           "poststart", "poststop"]
+    host = os.readlink("/proc/self/ns/uts")
+    pids = {line[2] for line in lines}
+    assert len(pids) == 1 and pids != {"1"}  # the host's view of the container's pid
+    assert lines[0][3] == host and lines[1][3] == host  # the runtime's namespaces
+    assert lines[2][3] != host  # createContainer: the container's namespaces
+    assert lines[3][3] == host and lines[4][3] == host
+    assert (bundle / "rootfs" / "where").read_text().strip() == "inside"
+    start_state = json.loads((bundle / "rootfs" / "start-state").read_text())
+    assert start_state["id"] == "hooked" and start_state["bundle"] == str(bundle)
+
+
+def test_a_failing_create_hook_stops_the_container(make_bundle: Callable[..., Path]) -> None:
+    bundle = make_bundle(["sh", "-c", "touch /ran"], lambda c: c.update(
+        hooks={"createRuntime": [{"path": "/bin/false"}]}))
+    result = minirun("run", str(bundle))
+    assert result.returncode == 1
+    assert "hooks.createRuntime[0] /bin/false exited with status 1" in result.stderr
+    assert not (bundle / "rootfs" / "ran").exists()
