@@ -47,13 +47,10 @@ _NAMESPACED_MOUNT_TYPES = {"proc": "pid", "mqueue": "ipc", "cgroup": "cgroup",
 # Fields no stage carries out yet. At the oci stage they are refused; earlier stages list
 # them as left out. Remove an entry when its feature lands.
 NOT_YET = {
-    "linux.personality": "personality",
     "linux.intelRdt": "Intel RDT",
     "process.apparmorProfile": "AppArmor profiles",
     "process.selinuxLabel": "SELinux labels",
     "linux.mountLabel": "SELinux mount labels",
-    "process.ioPriority": "I/O priority",
-    "process.scheduler": "scheduling policy",
     "linux.timeOffsets": "time namespace offsets",
 }
 
@@ -254,6 +251,7 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     if stage.has(Stage.NAMESPACES):
         recipe.add(Stage.NAMESPACES, f"mount(/dev/X -> /dev/X, bind) for {devices.describe()}",
                    lambda ctx: devices.populate(ctx.root_fd))
+    _config_devices(spec, stage, recipe)
     for hook in recipe.hooks.get("createContainer", ()):
         recipe.add(Stage.OCI, f"run hook {hook.where} {hook.path} (container namespaces)",
                    functools.partial(_run_hook, recipe, hook, "created"))
@@ -318,6 +316,45 @@ def _check_proc_destination(spec: Spec, index: int) -> None:
                       f"{entry.destination}: only procfs may be mounted on /proc, and below it "
                       "only binds of the files lxcfs provides (a fake /proc could mislead the "
                       "runtime and the kernel's security modules)")
+
+
+def _config_devices(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+    """linux.devices: device nodes made with mknod(2) inside the rootfs."""
+    entries = spec.raw.get("linux", {}).get("devices") or []
+    if not entries:
+        return
+    if not stage.has(Stage.OCI):
+        recipe.leave_out("linux.devices", Stage.OCI)
+        return
+    if not isinstance(entries, list):
+        raise ConfigError(spec.file, "linux.devices", "must be an array")
+    for i, entry in enumerate(entries):
+        where = f"linux.devices[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(spec.file, where, "must be an object")
+        path, kind = entry.get("path"), entry.get("type")
+        if not isinstance(path, str) or not path.startswith("/dev/"):
+            raise ConfigError(spec.file, f"{where}.path", "must be an absolute path under /dev")
+        if kind not in ("c", "b", "u", "p"):
+            raise ConfigError(spec.file, f"{where}.type", f"must be c, b, u or p, got {kind!r}")
+        numbers = []
+        for key in ("major", "minor"):
+            value = entry.get(key, 0 if kind == "p" else None)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(spec.file, f"{where}.{key}", "must be a device number")
+            numbers.append(value)
+        mode = entry.get("fileMode", 0o666)
+        owner = (entry.get("uid", 0), entry.get("gid", 0))
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (mode, *owner)):
+            raise ConfigError(spec.file, where, "fileMode, uid and gid must be integers")
+        recipe.add(Stage.OCI, f"mknod({path}, {kind} {numbers[0]}:{numbers[1]}, {mode:o})",
+                   functools.partial(_make_device, path, kind, numbers[0], numbers[1], mode,
+                                     owner[0], owner[1]))
+
+
+def _make_device(path: str, kind: str, major: int, minor: int, mode: int, uid: int, gid: int,
+                 ctx: Context) -> None:
+    devices.make_node(ctx.root_fd, path, kind, major, minor, mode, uid, gid)
 
 
 def _mount_plan(spec: Spec, index: int, recipe: Recipe) -> mounts.MountPlan | None:
@@ -399,6 +436,7 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     for hook in recipe.hooks.get("startContainer", ()):
         recipe.add(Stage.OCI, f"run hook {hook.where} {hook.path} (inside the container)",
                    functools.partial(_run_hook, recipe, hook, "created"))
+    _scheduling(spec, stage, recipe)
     if late:
         limits = [(r.type, r.soft, r.hard) for r in proc.rlimits]
         if limits:
@@ -490,6 +528,32 @@ def _wait_for_runtime_hooks(ctx: Context) -> None:
 
 def _run_hook(recipe: Recipe, hook: Hook, status: str, ctx: Context) -> None:
     hooks_module.run((hook,), recipe.hook_state(status, ctx.host_pid))
+
+
+def _scheduling(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+    """linux.personality, process.ioPriority and process.scheduler (oci stage)."""
+    linux = spec.raw.get("linux") or {}
+    raw_process = spec.raw.get("process") or {}
+    given = {"linux.personality": linux.get("personality"),
+             "process.ioPriority": raw_process.get("ioPriority"),
+             "process.scheduler": raw_process.get("scheduler")}
+    if not stage.has(Stage.OCI):
+        for name, value in given.items():
+            if value:
+                recipe.leave_out(name, Stage.OCI)
+        return
+    if given["linux.personality"]:
+        domain = process.personality_domain(given["linux.personality"], spec.file)
+        recipe.add(Stage.OCI, f"personality({domain:#x})",
+                   lambda ctx: process.set_personality(domain))
+    if given["process.ioPriority"]:
+        value = process.io_priority(given["process.ioPriority"], spec.file)
+        recipe.add(Stage.OCI, f"ioprio_set(IOPRIO_WHO_PROCESS, 0, {value:#x})",
+                   lambda ctx: process.set_io_priority(value))
+    if given["process.scheduler"]:
+        policy, priority, nice = process.scheduler(given["process.scheduler"], spec.file)
+        recipe.add(Stage.OCI, f"sched_setscheduler(0, {policy}, {priority}); nice {nice}",
+                   lambda ctx: process.set_scheduler(policy, priority, nice))
 
 
 def _open_fifo(ctx: Context, fifo: str) -> None:

@@ -138,3 +138,23 @@ def test_a_failing_create_hook_stops_the_container(make_bundle: Callable[..., Pa
     assert result.returncode == 1
     assert "hooks.createRuntime[0] /bin/false exited with status 1" in result.stderr
     assert not (bundle / "rootfs" / "ran").exists()
+
+
+def test_devices_personality_io_priority_and_scheduler(make_bundle: Callable[..., Path]) -> None:
+    def edit(config: dict) -> None:
+        config["linux"]["devices"] = [{"path": "/dev/mynull", "type": "c", "major": 1,
+                                       "minor": 3, "fileMode": 0o640, "uid": 7, "gid": 8}]
+        config["linux"]["personality"] = {"domain": "LINUX32"}
+        config["process"]["ioPriority"] = {"class": "IOPRIO_CLASS_IDLE", "priority": 0}
+        config["process"]["scheduler"] = {"policy": "SCHED_BATCH", "nice": 5}
+        config["process"]["capabilities"]["bounding"].append("CAP_MKNOD")
+
+    script = ("stat -c '%F %t:%T %a %u:%g' /dev/mynull; uname -m; ionice -p $$; "
+              "cut -d' ' -f41 /proc/self/stat; cut -d' ' -f19 /proc/self/stat")
+    out = minirun("run", str(make_bundle(["sh", "-c", script], edit)),
+                  check=True).stdout.splitlines()
+    assert out[0] == "character special file 1:3 640 7:8"
+    assert out[1] in ("i686", "i386")
+    assert out[2] == "idle"
+    assert out[3] == "3"  # SCHED_BATCH
+    assert out[4] == "5"

@@ -8,7 +8,9 @@ usual layout. Introduced by the namespaces stage (2008).
 from __future__ import annotations
 
 import os
+import stat
 
+from minirun.errors import SyscallError
 from minirun.isolation import paths, syscalls
 
 DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -35,6 +37,28 @@ def populate(root_fd: int) -> None:
                 pass
     finally:
         os.close(dev_fd)
+
+
+def make_node(root_fd: int, path: str, kind: str, major: int, minor: int, mode: int,
+              uid: int, gid: int) -> None:
+    """mknod(2) one of config.json's ``linux.devices`` inside the root (c, b, u or p)."""
+    types = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+    parent, name = os.path.split(os.path.normpath("/" + path))
+    parent_fd = paths.make_dirs(root_fd, parent)
+    try:
+        try:
+            os.unlink(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            pass
+        device = os.makedev(major, minor) if kind != "p" else 0
+        try:
+            os.mknod(name, types[kind] | (mode & 0o7777), device, dir_fd=parent_fd)
+            os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+        except OSError as error:
+            raise SyscallError("mknod", f"{path}, {kind} {major}:{minor}",
+                                        error.errno or 0) from None
+    finally:
+        os.close(parent_fd)
 
 
 def describe() -> str:

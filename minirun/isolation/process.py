@@ -15,7 +15,7 @@ import resource
 import signal
 from collections.abc import Sequence
 
-from minirun.errors import SyscallError, errno_hint
+from minirun.errors import ConfigError, SyscallError, errno_hint
 from minirun.isolation import capabilities, syscalls
 
 PR_SET_KEEPCAPS = 8
@@ -35,6 +35,74 @@ def set_rlimits(limits: Sequence[tuple[str, int, int]]) -> None:
 
 def _rlim(value: int) -> int:
     return resource.RLIM_INFINITY if value == RLIM_INFINITY_SPEC else value
+
+
+PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}
+IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
+SYS_IOPRIO_SET = 251
+SCHED_POLICIES = {"SCHED_OTHER": 0, "SCHED_FIFO": 1, "SCHED_RR": 2, "SCHED_BATCH": 3,
+                  "SCHED_IDLE": 5}
+
+
+def personality_domain(raw: object, file: str) -> int:
+    if not isinstance(raw, dict) or raw.get("domain") not in PERSONALITY_DOMAINS:
+        raise ConfigError(file, "linux.personality.domain", "must be LINUX or LINUX32")
+    if raw.get("flags"):
+        raise ConfigError(file, "linux.personality.flags", "personality flags are not "
+                                                           "supported by minirun yet")
+    return PERSONALITY_DOMAINS[str(raw["domain"])]
+
+
+def set_personality(domain: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.personality(ctypes.c_ulong(domain)) == -1:
+        raise SyscallError("personality", f"{domain:#x}", ctypes.get_errno())
+
+
+def io_priority(raw: object, file: str) -> int:
+    if not isinstance(raw, dict) or raw.get("class") not in IOPRIO_CLASSES:
+        raise ConfigError(file, "process.ioPriority.class", "must be IOPRIO_CLASS_RT, "
+                                                            "IOPRIO_CLASS_BE or IOPRIO_CLASS_IDLE")
+    level = raw.get("priority", 0)
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 7:
+        raise ConfigError(file, "process.ioPriority.priority", "must be 0 to 7")
+    return (IOPRIO_CLASSES[str(raw["class"])] << 13) | level
+
+
+def set_io_priority(value: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_IOPRIO_SET, 1, 0, value) != 0:
+        raise SyscallError("ioprio_set", f"IOPRIO_WHO_PROCESS, 0, {value:#x}",
+                           ctypes.get_errno())
+
+
+def scheduler(raw: object, file: str) -> tuple[int, int, int]:
+    where = "process.scheduler"
+    if not isinstance(raw, dict) or raw.get("policy") not in SCHED_POLICIES:
+        raise ConfigError(file, f"{where}.policy", "must be one of " + ", ".join(SCHED_POLICIES)
+                          + " (SCHED_DEADLINE is not supported by minirun yet)")
+    for key in ("flags", "runtime", "deadline", "period"):
+        if raw.get(key):
+            raise ConfigError(file, f"{where}.{key}", "is not supported by minirun yet")
+    values = []
+    for key in ("priority", "nice"):
+        value = raw.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(file, f"{where}.{key}", "must be an integer")
+        values.append(value)
+    return SCHED_POLICIES[str(raw["policy"])], values[0], values[1]
+
+
+def set_scheduler(policy: int, priority: int, nice: int) -> None:
+    _call("sched_setscheduler", f"0, {policy}, {priority}", os.sched_setscheduler, 0, policy,
+          os.sched_param(priority))
+    if nice:
+        _call("setpriority", f"PRIO_PROCESS, 0, {nice}", os.setpriority, os.PRIO_PROCESS, 0,
+              nice)
 
 
 def set_oom_score_adj(value: int) -> None:
