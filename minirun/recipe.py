@@ -52,6 +52,9 @@ NOT_YET = {
     "process.selinuxLabel": "SELinux labels",
     "linux.mountLabel": "SELinux mount labels",
     "linux.timeOffsets": "time namespace offsets",
+    "linux.netDevices": "network devices moved into the container",
+    "linux.memoryPolicy": "NUMA memory policies",
+    "process.execCPUAffinity": "CPU affinity for the container's process",
 }
 
 

@@ -333,6 +333,9 @@ def _mount(r: _Reader, entry: Any, index: int) -> MountEntry:
     destination = r.get(entry, "destination", path, str, required=True)
     if not destination.startswith("/"):
         raise r.fail(f"{path}.destination", f"must be an absolute path, got {destination!r}")
+    for key in ("uidMappings", "gidMappings"):
+        if entry.get(key):
+            raise r.fail(f"{path}.{key}", "id-mapped mounts are not supported by minirun yet")
     return MountEntry(
         destination=os.path.normpath(destination),
         type=r.get(entry, "type", path, str),
