@@ -29,7 +29,7 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=int(os.environ.get("COLUMNS", "100")))
 
 
-_IMAGE_COMMANDS = ("unpack", "images", "rmi")
+_IMAGE_COMMANDS = ("unpack", "images", "rmi", "pull")
 
 
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -179,6 +179,15 @@ def _add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: 
         from rootfs_fetch import commands as image_commands
     except ImportError:
         return
+    pull = commands.add_parser("pull", help="fetch an image from a registry into an OCI "
+                               "layout directory")
+    pull.add_argument("reference", metavar="REFERENCE", help="[REGISTRY/]REPO[:TAG][@DIGEST]")
+    pull.add_argument("layout", metavar="LAYOUT", help="OCI layout directory to write")
+    pull.add_argument("--platform", default="linux/amd64", help="OS/ARCH[/VARIANT]")
+    pull.add_argument("--insecure-http", action="store_true",
+                      help="plain HTTP (loopback registries only)")
+    pull.add_argument("--auth-file", help="a Docker config.json with credentials")
+    pull.set_defaults(handler=_pull)
     for name, help_text in (("unpack", "turn an image into a bundle"),
                             ("images", "list the image store"),
                             ("rmi", "remove an image from the store")):
@@ -391,6 +400,19 @@ def _exec(args: argparse.Namespace) -> int:
     from minirun import exec_process
 
     return exec_process.execute(args)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rootfs_fetch.registry import ProgressPrinter, pull
+
+    with ProgressPrinter() as progress:
+        digest = pull(args.reference, Path(args.layout), platform=args.platform,
+                      insecure_http=args.insecure_http, progress=progress,
+                      auth_file=Path(args.auth_file) if args.auth_file else None)
+    print(digest)
+    return 0
 
 
 def _spec(args: argparse.Namespace) -> int:
