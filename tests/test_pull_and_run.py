@@ -30,7 +30,7 @@ def test_pull_then_run_at_the_image_stage(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     minirun("unpack", str(layout), str(bundle), check=True)
     config = json.loads((bundle / "config.json").read_text())
-    config["process"]["args"] = ["cat", "/etc/motd"]
+    config["process"]["args"] = ["/bin/busybox", "cat", "/etc/motd"]
     (bundle / "config.json").write_text(json.dumps(config))
     out = minirun("run", str(bundle), "pulled", check=True).stdout
     assert out == "pulled over the v2 API\n"
