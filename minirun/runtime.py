@@ -133,6 +133,7 @@ def run(recipe: Recipe, hooks: Hooks | None = None, launch: Launch | None = None
         if error:
             state.kill_all()
             raise from_wire(error)
+        state.started = True
         log.debug("container process %s is running %s", state.container_pid,
                   recipe.spec.process.args[0])
         _after_hooks(recipe, "poststart", "running", state.container_pid)
@@ -184,9 +185,14 @@ class _Runtime:
         self.container_pid = 0
         self.reaped = False
         self.forwarded: set[int] = set()
+        self.started = False  # execve succeeded: the program can handle signals itself
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if not self.container_pid:
+        if not self.started:
+            # Before execve nothing would handle it (pid 1 ignores it, a hook may be running):
+            # stop the set-up. A resize or a continue is no request to stop.
+            if signum in (signal.SIGWINCH, signal.SIGCONT):
+                return
             raise Aborted(signum)
         if signum in self.forwarded and signum in (signal.SIGINT, signal.SIGTERM):
             # Asked twice: a pid 1 without a handler ignores the forwarded signal.
