@@ -197,7 +197,7 @@ def _add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: 
             continue
         sub = commands.add_parser(name, help=help_text)
         adder(sub)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=_rmi if name == "rmi" else handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,6 +400,16 @@ def _exec(args: argparse.Namespace) -> int:
     from minirun import exec_process
 
     return exec_process.execute(args)
+
+
+def _rmi(args: argparse.Namespace) -> int:
+    """rmi, keeping the layers of images whose containers run now."""
+    from pathlib import Path
+
+    from minirun.image_run import images_in_use
+    from rootfs_fetch.commands import rmi_command
+
+    return int(rmi_command(args, in_use=images_in_use(Path(args.store))))
 
 
 def _pull(args: argparse.Namespace) -> int:

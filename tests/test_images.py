@@ -13,10 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rootfs_fetch.convert import convert, fallback_base_config, resolve_user
-from rootfs_fetch.digest import DigestError, VerifyingReader, parse_digest
-from rootfs_fetch.source import ImageError, Platform, open_image, parse_platform
-from rootfs_fetch.unpack import Mode, Options, UnpackError, unpack_image, unpack_stream
 from test_images_fixtures import (
     VICTIM,
     Layout,
@@ -34,6 +30,10 @@ from test_images_fixtures import (
 )
 
 from minirun.errors import ConfigError, MiniRunError
+from rootfs_fetch.convert import convert, fallback_base_config, resolve_user
+from rootfs_fetch.digest import DigestError, VerifyingReader, parse_digest
+from rootfs_fetch.source import ImageError, Platform, open_image, parse_platform
+from rootfs_fetch.unpack import Mode, Options, UnpackError, unpack_image, unpack_stream
 
 HEX = "a" * 64
 

@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from rootfs_fetch.commands import add_unpack_arguments, unpack_command
 from test_images_fixtures import VICTIM, copy_case, victim_check, victim_prepare
 
 from minirun.errors import ConfigError, MiniRunError
+from rootfs_fetch.commands import add_unpack_arguments, unpack_command
 
 pytestmark = pytest.mark.root  # unpacking keeps owners: chown(2) to uid 0 and others
 

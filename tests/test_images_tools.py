@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_images_fixtures import REPO
+
 from rootfs_fetch.commands import (
     add_images_arguments,
     add_rmi_arguments,
@@ -27,7 +29,6 @@ from rootfs_fetch.commands import (
 from rootfs_fetch.efficiency import efficiency
 from rootfs_fetch.source import open_image
 from rootfs_fetch.store import StoreError, images, prepare, rmi
-from test_images_fixtures import REPO
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

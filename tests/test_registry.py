@@ -45,6 +45,8 @@ from registry_fixture import (  # noqa: E402
     skopeo,
     skopeo_push,
 )
+
+from minirun.errors import ConfigError, MiniRunError, UnsupportedError  # noqa: E402
 from rootfs_fetch import registry  # noqa: E402
 from rootfs_fetch.registry import (  # noqa: E402
     ProgressPrinter,
@@ -53,8 +55,6 @@ from rootfs_fetch.registry import (  # noqa: E402
     parse_reference,
     pull,
 )
-
-from minirun.errors import ConfigError, MiniRunError, UnsupportedError  # noqa: E402
 
 
 @dataclass(frozen=True)
