@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from running import Running, alive, wait_gone
-from support import minirun
+from support import MINIRUN, minirun
 from test_errors import tree_state
 
 pytestmark = pytest.mark.root
@@ -181,3 +181,33 @@ def test_explain_needs_no_root(make_bundle: Callable[..., Path]) -> None:
     assert result.returncode == 0, result.stderr
     assert "pivot_root" in result.stdout
     assert tree_state(bundle) == before
+
+
+@pytest.mark.parametrize("hook", ["createRuntime", "createContainer"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_set_up_stops_it_and_leaves_nothing(
+        make_bundle: Callable[..., Path], hook: str, signum: int) -> None:
+    # A slow hook holds the set-up; the program must never start once asked to stop.
+    bundle = make_bundle(["sh", "-c", "touch /started"], lambda config: config.update(
+        hooks={hook: [{"path": "/bin/sleep", "args": ["sleep", "5"]}]}))
+    proc = subprocess.Popen([str(MINIRUN), "run", str(bundle)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(child.cmdline() == ["sleep", "5"]
+                      for child in psutil.Process(proc.pid).children(recursive=True)):
+            assert time.monotonic() < deadline, "the hook never started"
+            time.sleep(0.05)
+        started = time.monotonic()
+        everything = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert time.monotonic() - started < 3, "the set-up waited for the hook to finish"
+    assert proc.returncode == 128 + signum, err
+    assert f"interrupted by {signal.Signals(signum).name} during set-up" in err
+    assert not (bundle / "rootfs" / "started").exists()
+    assert_nothing_left(bundle, everything)
