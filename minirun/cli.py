@@ -69,9 +69,10 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     run.add_argument("-d", "--detach", action="store_true",
                      help="create and start the container, then return")
     _create_options(run)
-    run.add_argument("target", nargs="*", metavar="BUNDLE|IMAGE [ID]",
+    run.add_argument("target", nargs="*", metavar="BUNDLE|IMAGE [ID] [-- COMMAND...]",
                      help="a bundle directory, or an image (OCI layout, oci-archive or "
-                     "docker-save tar, or oci:PATH[:TAG]) to run at stage image or oci")
+                     "docker-save tar, or oci:PATH[:TAG]) to run at stage image or oci; "
+                     "a command after -- replaces process.args")
     run.set_defaults(handler=_run)
 
     create = commands.add_parser("create", help="create a container; it waits for start")
@@ -202,7 +203,13 @@ def _add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # `minirun run BUNDLE|IMAGE [ID] -- COMMAND...` runs COMMAND instead of process.args.
+    override: list[str] = []
+    if "run" in argv and "--" in argv[argv.index("run"):]:
+        cut = argv.index("--", argv.index("run"))
+        argv, override = argv[:cut], argv[cut + 1:]
     args = _parser(argv).parse_args(argv)
+    args.override = override
     _setup_logging(args)
     try:
         log.debug("argv: %s", argv)
@@ -268,7 +275,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.detach:
         _create(args, bundle=bundle, container_id=container_id)
         return int(_lifecycle().start(args.root, container_id))
-    spec = load_bundle(bundle)
+    spec = _with_command(load_bundle(bundle), args.override)
     if args.explain:
         print("\n".join(recipe_module.build(spec, stage, no_pivot=args.no_pivot,
                                             preserve_fds=args.preserve_fds).explain()))
@@ -319,6 +326,7 @@ def _run_image(args: argparse.Namespace, reference: str, container_id: str,
     if os.geteuid() != 0:
         raise UnsupportedError("minirun run needs root (try sudo)")
     container = image_run.prepare(reference, Path(args.store), container_id)
+    container.spec = _with_command(container.spec, args.override)
     try:
         if args.explain:
             recipe = recipe_module.build(container.spec, stage, None, container.overlay)
@@ -327,6 +335,17 @@ def _run_image(args: argparse.Namespace, reference: str, container_id: str,
         return _run_spec(args, container.spec, stage, container_id, container.overlay)
     finally:
         container.remove()
+
+
+def _with_command(spec: Spec, command: list[str]) -> Spec:
+    """The spec with process.args replaced by the command given after `--`."""
+    if not command:
+        return spec
+    import dataclasses
+
+    raw = {**spec.raw, "process": {**spec.raw["process"], "args": list(command)}}
+    return dataclasses.replace(spec, raw=raw,
+                               process=dataclasses.replace(spec.process, args=tuple(command)))
 
 
 def _bundle_and_id(args: argparse.Namespace) -> tuple[str, str]:

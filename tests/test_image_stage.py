@@ -75,3 +75,10 @@ def test_explain_shows_the_overlay_step(two_layer_image: Path, tmp_path: Path) -
     out = minirun("run", "--explain", "--stage", "image", "--store", str(tmp_path / "s"),
                   str(two_layer_image), check=True).stdout
     assert "mount(overlay ->" in out and "lowerdir=2 layers" in out and "[image]" in out
+
+
+def test_a_command_after_the_image_replaces_its_cmd(two_layer_image: Path,
+                                                     tmp_path: Path) -> None:
+    out = minirun("run", "--store", str(tmp_path / "store"), str(two_layer_image), "cmd",
+                  "--", "sh", "-c", "echo overridden; cat /etc/motd", check=True).stdout
+    assert out == "overridden\nsecond layer\n"
