@@ -436,6 +436,10 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
         program = proc.args[0]
         recipe.add(Stage.OCI, "report created; open(exec.fifo, O_WRONLY) blocks until "
                    "minirun start", lambda ctx: _wait_for_start(ctx, program))
+    if recipe.hooks.get("startContainer"):
+        # hooks.run imports subprocess when called: after pivot_root the host's Python
+        # library is out of reach, so import it now, before the fork.
+        import subprocess  # noqa: F401
     for hook in recipe.hooks.get("startContainer", ()):
         recipe.add(Stage.OCI, f"run hook {hook.where} {hook.path} (inside the container)",
                    functools.partial(_run_hook, recipe, hook, "created"))
