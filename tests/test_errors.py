@@ -13,12 +13,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import minirun, only_line
+from support import MINIRUN, minirun, only_line
 
 from minirun.recipe import NOT_YET
 
@@ -398,3 +399,24 @@ def test_a_namespaced_sysctl_is_written_with_the_default_read_only_paths(
     # The sysctl is written before readonlyPaths makes /proc/sys read-only.
     result = minirun("run", str(bundle))
     assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+
+
+def test_run_as_a_normal_user_says_it_needs_root(make_bundle: Callable[..., Path]) -> None:
+    bundle = make_bundle(["sh", "-c", "touch /ran"])
+    for path in [bundle, *bundle.parents]:
+        if path == Path("/tmp"):
+            break
+        path.chmod(0o755)
+    before = tree_state(bundle)
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             str(MINIRUN), "run", str(bundle)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert only_line(result.stderr) == "minirun: minirun run needs root (try sudo)"
+    assert tree_state(bundle) == before
+
+
+def test_an_unknown_stage_is_refused_with_the_choices(make_bundle: Callable[..., Path]) -> None:
+    result = minirun("run", "--stage", "docker", str(make_bundle(["true"])))
+    assert result.returncode == 2
+    assert "invalid choice: 'docker'" in result.stderr and "Traceback" not in result.stderr
