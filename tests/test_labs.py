@@ -24,6 +24,7 @@ A lab marks the commands it checks in fenced blocks whose info string is ``lab-c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import REPO
+from support import REPO, minirun
 
 LABS = ("chroot", "jail", "cgroups", "namespaces", "image", "oci")
 YEARS = {"chroot": 1979, "jail": 2001, "cgroups": 2006, "namespaces": 2008, "image": 2013,
@@ -149,13 +150,17 @@ def _environment(bin_dir: Path) -> dict[str, str]:
 
 
 def run_command(lab: str, command: Command, work: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(["sh", "-c", command.text], cwd=work, env=env, text=True,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=COMMAND_TIMEOUT)
+    # Output goes to a file, not a pipe: `minirun create` leaves a container that holds the
+    # caller's stdout open (as runc's does), and a pipe would wait for it to end.
+    with (work / ".lab-output").open("w+") as output:
+        done = subprocess.run(["sh", "-c", command.text], cwd=work, env=env,
+                              stdin=subprocess.DEVNULL, stdout=output,
+                              stderr=subprocess.STDOUT, timeout=COMMAND_TIMEOUT)
+        output.seek(0)
+        text = output.read()
     where = f"stages/{lab}/README.md:{command.line}"
-    assert done.returncode == 0, (f"{where}: exit {done.returncode}: $ {command.text}\n"
-                                  f"{done.stdout}")
-    return done.stdout
+    assert done.returncode == 0, f"{where}: exit {done.returncode}: $ {command.text}\n{text}"
+    return text
 
 
 def _all_blocks() -> list[Block]:
@@ -213,14 +218,27 @@ def test_lab_runs_as_written(lab: str, make_bundle: Callable[..., Path],
     (bin_dir / "minirun").symlink_to(REPO / "bin" / "minirun")
     env = _environment(bin_dir)
     started = time.monotonic()
-    for block in blocks:
-        for command in block.commands:
-            output = run_command(lab, command, bundle.parent, env)
-            lines = output.splitlines()
-            report = (f"stages/{lab}/README.md:{command.line}: $ {command.text}\nexpected:\n  "
-                      + "\n  ".join(command.expected) + "\ngot:\n  " + "\n  ".join(lines))
-            assert matches(command.expected, lines), report
+    try:
+        for block in blocks:
+            for command in block.commands:
+                output = run_command(lab, command, bundle.parent, env)
+                lines = output.splitlines()
+                report = (f"stages/{lab}/README.md:{command.line}: $ {command.text}\n"
+                          "expected:\n  " + "\n  ".join(command.expected) + "\ngot:\n  "
+                          + "\n  ".join(lines))
+                assert matches(command.expected, lines), report
+    finally:
+        _delete_containers_under(bundle.parent)
     assert time.monotonic() - started < 30, "a lab should check in seconds"
+
+
+def _delete_containers_under(work: Path) -> None:
+    """A lab that failed half-way may leave a created or running container (lab 6 creates
+    one): delete, by force, every container whose bundle lies in the scratch directory."""
+    listing = minirun("list", "--format", "json", check=True).stdout
+    for container in json.loads(listing or "[]"):
+        if Path(container.get("bundle", "/")).is_relative_to(work):
+            minirun("delete", "--force", container["id"], check=True)
 
 
 @pytest.mark.parametrize("block", [pytest.param(b, id=f"{b.lab}:{b.line}")
