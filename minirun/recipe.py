@@ -474,8 +474,9 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
             recipe.add(Stage.NAMESPACES, "prctl(PR_SET_NO_NEW_PRIVS, 1)",
                        lambda ctx: process.set_no_new_privileges())
         env = dict(item.split("=", 1) for item in proc.env)
-        recipe.add(Stage.NAMESPACES, f"environment <- process.env ({len(env)} variables)",
-                   lambda ctx: _set_env(ctx, env))
+        home = "" if "HOME" in env else ", HOME from /etc/passwd"
+        recipe.add(Stage.NAMESPACES, f"environment <- process.env ({len(env)} variables{home})",
+                   lambda ctx: _set_env(ctx, env, user.uid))
     else:
         given: tuple[tuple[str, object], ...] = (
             ("process.user", proc.user.uid or proc.user.gid or proc.user.additional_gids
@@ -632,8 +633,23 @@ def _umask(value: int) -> None:
     os.umask(value)
 
 
-def _set_env(ctx: Context, env: dict[str, str]) -> None:
-    ctx.env = env
+def _set_env(ctx: Context, env: dict[str, str], uid: int) -> None:
+    ctx.env = dict(env)
+    if "HOME" not in ctx.env:
+        # As runc and crun do: the user's home from the container's /etc/passwd, else /.
+        ctx.env["HOME"] = _home_of(uid)
+
+
+def _home_of(uid: int) -> str:
+    try:
+        with open("/etc/passwd", encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid) and fields[5].startswith("/"):
+                    return fields[5]
+    except OSError:
+        pass
+    return "/"
 
 
 def _make_cwd(cwd: str) -> None:

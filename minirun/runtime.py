@@ -291,6 +291,9 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
             # Orphans of the container come to this process, which ends them when the
             # container ends; without a pid namespace nothing else would.
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1, "PR_SET_CHILD_SUBREAPER, 1")
+        # The host's /proc, kept open: pivot_root moves this process's root along with the
+        # container's, and the orphans must still be found afterwards.
+        proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         kinds = set(recipe.namespaces)
         if Namespace.USER in kinds:
             _enter_user_namespace(pipes)
@@ -310,7 +313,7 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
             code = 0
             return
         _, status = os.waitpid(child, 0)
-        _end_orphans()
+        _end_orphans(proc_fd)
         os.write(pipes.report_w, f"exit {status}\n".encode())
         code = 0
     except MiniRunError as error:
@@ -321,13 +324,16 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
         os._exit(code)
 
 
-def _end_orphans() -> None:
+def _end_orphans(proc_fd: int) -> None:
     """Kill and reap whatever the container left running (this process is their subreaper)."""
     me = os.getpid()
     for _ in range(100):
         try:
-            with open(f"/proc/{me}/task/{me}/children") as stream:
-                children = [int(pid) for pid in stream.read().split()]
+            fd = os.open(f"{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+            try:
+                children = [int(pid) for pid in os.read(fd, 65536).split()]
+            finally:
+                os.close(fd)
         except OSError:
             children = []
         for pid in children:

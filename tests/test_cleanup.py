@@ -104,10 +104,7 @@ def test_sigkill_of_minirun_ends_the_containers_background_processes(
 
 @pytest.mark.parametrize("stage", [
     "chroot",
-    pytest.param("jail", marks=pytest.mark.xfail(strict=True, reason=(
-        "pivot_root moves the init process's root too (it shares the container's mount "
-        "namespace), so its /proc/PID/task/PID/children is gone and _end_orphans finds no "
-        "orphan; the sleep is left to the host's init"))),
+    "jail",
     "namespaces", "oci"])
 def test_a_background_process_ends_with_the_container(
         make_bundle: Callable[..., Path], stage: str) -> None:
