@@ -214,6 +214,11 @@ def container_pids(container: Container) -> list[int]:
 
 
 def delete(root: str, container_id: str, force: bool) -> int:
+    if force and not os.path.isdir(os.path.join(root, container_id)):
+        # As runc and crun: nothing to delete is success with --force. containerd-shim
+        # deletes with --force once more after every task, and warns when that fails.
+        state_dir.check_id(container_id)
+        return 0
     with state_dir.locked(root, container_id):
         container = state_dir.load(root, container_id)
         status = container.status()
