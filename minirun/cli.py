@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from minirun.spec import Spec
 
 log = logging.getLogger("minirun")
+# Errors for --log's file alone (runc's --log contract), not stderr a second time.
+_LOG_FILE = logging.getLogger("minirun-log-file")
+_LOG_FILE.propagate = False
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
@@ -224,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minirun: {error.message}", file=sys.stderr)
         if error.hint:
             print(f"minirun: hint: {error.hint}", file=sys.stderr)
-        if args.log:
-            log.error("%s", error.message + (f" ({error.hint})" if error.hint else ""))
+        if args.log:  # to the file only: stderr has it already
+            _LOG_FILE.error("%s", error.message + (f" ({error.hint})" if error.hint else ""))
         return error.exit_code
     except KeyboardInterrupt:
         return 130
@@ -252,6 +255,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         handler.setFormatter(_JsonFormatter() if args.log_format == "json"
                              else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(handler)
+        _LOG_FILE.addHandler(handler)
 
 
 class _JsonFormatter(logging.Formatter):
