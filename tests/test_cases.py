@@ -24,6 +24,9 @@ from support import MINIRUN, SHARED, minirun, only_line
 pytestmark = pytest.mark.root
 
 STAGES = [pytest.param([], id="oci"), pytest.param(["--stage", "namespaces"], id="namespaces")]
+# The cwd is made and entered at every stage, chroot included: BR-28 runs at all of them.
+ALL_STAGES = [*STAGES, pytest.param(["--stage", "jail"], id="jail"),
+              pytest.param(["--stage", "chroot"], id="chroot")]
 
 Victim = Callable[[], None]
 Case = Callable[[str], Path]
@@ -81,7 +84,7 @@ def host_only_names(rootfs: Path) -> set[str]:
     return set(os.listdir("/")) - set(os.listdir(rootfs))
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", ALL_STAGES)
 @pytest.mark.parametrize("name", sorted(BR28))
 def test_br28_cwd_and_root_path(br28: Path, victim: Victim, name: str,
                                 stage: list[str]) -> None:
@@ -105,7 +108,7 @@ def test_br28_cwd_and_root_path(br28: Path, victim: Victim, name: str,
         assert listing == set(), out  # the fresh directory inside the rootfs, not the host's
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", ALL_STAGES)
 def test_br28_relative_root_path_is_taken_from_the_bundle_not_the_callers_cwd(
         br28: Path, victim: Victim, stage: list[str]) -> None:
     # The default config.json: root.path "rootfs", cwd /escape (a link out of the rootfs).
