@@ -656,6 +656,8 @@ def _make_cwd(cwd: str) -> None:
     root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.close(paths.make_dirs(root_fd, cwd))
+    except SyscallError as error:
+        raise MiniRunError(f"process.cwd {cwd}: {error.message}", error.hint) from None
     finally:
         os.close(root_fd)
 
@@ -668,6 +670,8 @@ def _enter_cwd(cwd: str) -> None:
         os.close(root_fd)
     try:
         os.fchdir(fd)
+    except OSError as error:  # EACCES: the user may not search it
+        raise SyscallError("chdir", f"{cwd} (process.cwd)", error.errno or 0) from None
     finally:
         os.close(fd)
     try:
