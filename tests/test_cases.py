@@ -251,7 +251,8 @@ def test_br12_cwd_through_a_leaked_fd_never_reaches_the_host(
     # This host has no cgroup v2: minirun warns once that the container runs without one.
     errors = [line for line in err.splitlines() if "no cgroup for this container" not in line]
     assert len(errors) == 1, err
-    assert re.fullmatch(rf"minirun: openat2\(proc/self/fd/{fd}, RESOLVE_IN_ROOT\): ELOOP .*",
+    assert re.fullmatch(rf"minirun: process.cwd /proc/self/fd/{fd}: "
+                        rf"openat2\(proc/self/fd/{fd}, RESOLVE_IN_ROOT\): ELOOP .*",
                         errors[0]), err
 
 

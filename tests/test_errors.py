@@ -327,6 +327,22 @@ def test_exec_of_a_directory_names_eacces(make_bundle: Callable[..., Path]) -> N
     failed_start(bundle, "execve", "EACCES")
 
 
+def test_a_cwd_that_is_a_file_names_process_cwd(make_bundle: Callable[..., Path]) -> None:
+    bundle = make_bundle(["true"], set_field("process.cwd", "/etc/passwd"))
+    failed_start(bundle, "process.cwd /etc/passwd: openat2", "ENOTDIR")
+
+
+def test_a_cwd_the_user_may_not_enter_names_chdir(make_bundle: Callable[..., Path]) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        config["process"]["user"] = {"uid": 1000, "gid": 1000}
+        config["process"]["cwd"] = "/root"
+
+    bundle = make_bundle(["true"], edit)
+    (bundle / "rootfs" / "root").chmod(0o700)
+    line, _ = failed_start(bundle, "chdir", "EACCES")
+    assert "/root (process.cwd)" in line
+
+
 def test_a_hostname_the_kernel_refuses_names_sethostname(
         make_bundle: Callable[..., Path]) -> None:
     bundle = make_bundle(["true"], set_field("hostname", "h" * 100))
