@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from minirun.errors import MiniRunError
 from minirun.isolation import paths, syscalls
 from minirun.isolation.syscalls import (
     MS_BIND,
@@ -119,10 +120,14 @@ def plan(destination: str, fstype: str | None, source: str | None,
 
 def perform(mount: MountPlan, root_fd: int) -> None:
     """Create the mount point inside the root (never following a link out) and mount."""
-    if mount.is_bind and not os.path.isdir(mount.source or ""):
-        target_fd = paths.make_file(root_fd, mount.destination)
-    else:
-        target_fd = paths.make_dirs(root_fd, mount.destination)
+    try:
+        if mount.is_bind and not os.path.isdir(mount.source or ""):
+            target_fd = paths.make_file(root_fd, mount.destination)
+        else:
+            target_fd = paths.make_dirs(root_fd, mount.destination)
+    except MiniRunError as error:  # name the config entry whose mount point failed
+        raise MiniRunError(f"{mount.where} mount point {mount.destination}: {error.message}",
+                           error.hint) from None
     target = paths.fd_path(target_fd)
     try:
         first = mount.flags if not mount.is_bind else mount.flags & (MS_BIND | MS_REC)
