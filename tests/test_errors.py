@@ -436,3 +436,11 @@ def test_an_unknown_stage_is_refused_with_the_choices(make_bundle: Callable[...,
     result = minirun("run", "--stage", "docker", str(make_bundle(["true"])))
     assert result.returncode == 2
     assert "invalid choice: 'docker'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_mount_point_that_cannot_be_made_names_its_entry(
+        make_bundle: Callable[..., Path]) -> None:
+    bundle = make_bundle(["true"], add_mount(destination="/etc/passwd/inside", type="tmpfs",
+                                             source="tmpfs"))
+    failed_start(bundle, "mounts[7] mount point /etc/passwd/inside: openat2",
+                           "ENOTDIR")
