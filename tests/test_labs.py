@@ -19,7 +19,10 @@ A lab marks the commands it checks in fenced blocks whose info string is ``lab-c
   none too). Inside a line, ``...`` stands for any text; runs of spaces match any run.
 - Every command must exit 0: a step that fails on purpose says so with ``; echo "exit $?"``.
 - ``lab-check vm`` marks a block that needs cgroup v2, podman or containerd. This host has
-  hybrid cgroups, so those blocks are skipped here with the reason; the VM tests cover them.
+  hybrid cgroups, so those blocks are skipped here with the reason. The cgroups lab runs
+  whole in the throw-away cgroup v2 VM (test_vm_blocks_run_in_the_test_vm); the oci lab's
+  podman and containerd blocks are not run as written anywhere: the podman and containerd
+  tests in tests/vm_guest drive minirun the same way.
 """
 
 from __future__ import annotations
