@@ -221,6 +221,7 @@ def containerd(image_archive: Path, work: Path) -> Iterator[Containerd]:
     root = Path(f"/var/tmp/minirun-containerd-{tag}")
     state = Path(f"/run/minirun-containerd-{tag}")
     state.mkdir(parents=True)
+    namespace_cgroup_existed = (CGROUP_ROOT / "default").exists()
     client = Containerd(state / "containerd.sock", state, work / "containerd.log")
     log = client.log.open("w")
     daemon = subprocess.Popen(
@@ -259,6 +260,8 @@ def containerd(image_archive: Path, work: Path) -> Iterator[Containerd]:
             sh("umount", "-l", point, check=False)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
+        if not namespace_cgroup_existed:
+            _remove_empty_cgroups(CGROUP_ROOT / "default")  # the runtime's parent, /default
     assert not tasks and not containers, f"left by the tests: tasks {tasks}, " \
                                          f"containers {containers}"
     assert not shims, f"containerd-shim-runc-v2 processes outlived their tasks: {shims}"

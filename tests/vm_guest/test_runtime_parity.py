@@ -162,7 +162,10 @@ def sections(text: str) -> dict[str, list[str]]:
 
 
 def _mounts(lines: list[str]) -> list[str]:
-    """Mount point, type and ro/rw of each mount, in a fixed order."""
+    """Mount point, type and per-mount flags (ro, nosuid, ...) of each mount, sorted.
+
+    Superblock options are left out: crun mounts sysfs with "rw" there (the per-mount
+    "ro" still applies) and sizes its empty tmpfs masks differently."""
     rows = []
     for line in lines:
         fields = line.split()
@@ -173,7 +176,7 @@ def _mounts(lines: list[str]) -> list[str]:
         if root in ("/null", "/dev/null"):
             rows.append(f"{point} masked by a null device")
             continue
-        rows.append(f"{point} {fstype} {options.split(',')[0]}")
+        rows.append(f"{point} {fstype} {options}")
     return sorted(rows)
 
 
