@@ -7,33 +7,30 @@ for no limits runs without a cgroup after one warning; one that asks for limits,
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any
 
 from minirun.errors import UnsupportedError
+from minirun.log import get as get_logger
 from minirun.runtime import Hooks
 from minirun.spec import Spec
 from minirun.stages import Stage
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
+if TYPE_CHECKING:
+    pass
 
-
-def asks_for_limits(resources: dict[str, Any]) -> bool:
-    """Whether ``linux.resources`` sets any limit (device rules alone are not limits)."""
-    return any(value not in (None, {}, []) for key, value in resources.items()
-               if key != "devices")
+log = get_logger(__name__)
 
 
 def hooks_for(spec: Spec, stage: Stage, container_id: str) -> Hooks:
     if not stage.has(Stage.CGROUPS):
         return Hooks()
     if os.environ.get("MINIRUN_CGROUP_MANAGER") == "disabled":
-        if asks_for_limits(spec.resources):
+        if spec.asks_for_limits():
             raise UnsupportedError(f"{spec.file}: linux.resources: limits need a cgroup, and "
                                    "--cgroup-manager=disabled asks for none")
         return Hooks()
-    limits = asks_for_limits(spec.resources)
+    limits = spec.asks_for_limits()
     if not limits and stage is not Stage.CGROUPS and not os.path.exists(
             "/sys/fs/cgroup/cgroup.controllers"):
         # The common case on a v1 or hybrid host, decided without the cgroup module's
@@ -63,8 +60,9 @@ def _manager_hooks(spec: Spec, container_id: str, files: dict[str, str]) -> Hook
     state: dict[str, int] = {}
 
     def place(pid: int) -> None:
-        manager.create(files)
+        # The guard first: from the first mkdir on, a killed minirun leaves nothing behind.
         state["guard"] = cgroups.guard(manager)
+        manager.create(files)
         manager.add(pid)
 
     def cleanup() -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import re
 import sys
 from types import ModuleType
 
+from minirun import log as minilog
 from minirun.errors import EXIT_USAGE, ConfigError, MiniRunError, UnsupportedError
 from minirun.stages import Stage, names
 
@@ -18,12 +17,7 @@ if TYPE_CHECKING:
     from minirun.isolation.overlay import Overlay
     from minirun.spec import Spec
 
-log = logging.getLogger("minirun")
-# Errors for --log's file alone (runc's --log contract), not stderr a second time.
-_LOG_FILE = logging.getLogger("minirun-log-file")
-_LOG_FILE.propagate = False
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+log = minilog.get("minirun")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -228,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         if error.hint:
             print(f"minirun: hint: {error.hint}", file=sys.stderr)
         if args.log:  # to the file only: stderr has it already
-            _LOG_FILE.error("%s", error.message + (f" ({error.hint})" if error.hint else ""))
+            minilog.to_file(minilog.ERROR,
+                            error.message + (f" ({error.hint})" if error.hint else ""))
         return error.exit_code
     except KeyboardInterrupt:
         return 130
@@ -241,30 +236,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = os.environ.get("MINIRUN_LOG", "").upper()
+    name = os.environ.get("MINIRUN_LOG", "")
     if args.debug:
-        level = "DEBUG"
-    elif not level:
+        name = "DEBUG"
+    elif not name:
         # An explicit --stage is the teaching mode: say what the stage leaves out.
-        level = "INFO" if getattr(args, "stage", None) else "WARNING"
-    logging.basicConfig(format="minirun: %(message)s", level=getattr(logging, level,
-                                                                     logging.WARNING))
-    if args.log:
-        # conmon and containerd-shim read errors from this file (runc's --log contract).
-        handler = logging.FileHandler(args.log)
-        handler.setFormatter(_JsonFormatter() if args.log_format == "json"
-                             else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger().addHandler(handler)
-        _LOG_FILE.addHandler(handler)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        import time
-
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
-        return json.dumps({"level": record.levelname.lower().replace("warning", "warn"),
-                           "msg": record.getMessage(), "time": stamp})
+        name = "INFO" if getattr(args, "stage", None) else "WARNING"
+    # The image commands' modules log through the logging package directly.
+    images = args.command in _IMAGE_COMMANDS
+    minilog.setup(minilog.level_named(name), file=args.log,
+                  json_format=args.log_format == "json", standard=images)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -323,6 +304,7 @@ def _run_image(args: argparse.Namespace, reference: str, container_id: str,
     from minirun import image_run
     from minirun import recipe as recipe_module
 
+    minilog.use_standard_logging()  # the image store's modules log through logging
     if not stage.has(Stage.IMAGE):
         raise UnsupportedError(f"running an image needs stage image or oci, not "
                                f"{stage.label} (or: minirun unpack IMAGE BUNDLE, then run "
@@ -368,10 +350,16 @@ def _bundle_and_id(args: argparse.Namespace) -> tuple[str, str]:
         bundle = "."
         container_id = target[0] if target else ""
     container_id = container_id or f"minirun-{os.getpid()}"
-    if not _ID.match(container_id):
+    if not valid_id(container_id):
         raise ConfigError("command line", "ID", f"{container_id!r} is not a valid container "
                           "id (letters, digits, and _ . + - after the first character)")
     return bundle, container_id
+
+
+def valid_id(text: str) -> bool:
+    """Letters and digits, then also _ . + -; at most 128 characters (no regex: start-up)."""
+    return (0 < len(text) <= 128 and text[0].isascii() and text[0].isalnum()
+            and all(c.isascii() and (c.isalnum() or c in "_.+-") for c in text))
 
 
 def _create(args: argparse.Namespace, bundle: str | None = None,

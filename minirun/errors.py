@@ -100,7 +100,7 @@ _HINTS: dict[tuple[str, int], str] = {
     ("mount", _errno.ENODEV): "the file system type is not known to this kernel",
     ("setrlimit", _errno.EPERM): (
         "raising a hard limit above the current one needs CAP_SYS_RESOURCE in minirun "
-        "itself, and RLIMIT_NOFILE cannot exceed /proc/sys/fs/nr_open"
+        "itself (RLIMIT_NOFILE is also capped by /proc/sys/fs/nr_open)"
     ),
 }
 

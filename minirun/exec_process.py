@@ -33,7 +33,8 @@ def execute(args: argparse.Namespace) -> int:
                    f"{Namespace.from_oci(name).proc_name}")
                   for name in container.data.get("namespaces", []))
     console = lifecycle._connect_console(args.console_socket) if spec.process.terminal else -1
-    steps = recipe.build_process(spec, console=console >= 0, detach=args.detach)
+    steps = recipe.build_process(spec, console=console >= 0, detach=args.detach,
+                                 cgroup=container.cgroup)
     hooks = runtime.Hooks()
     if container.cgroup:
         cgroup = container.cgroup

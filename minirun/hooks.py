@@ -14,17 +14,18 @@ Where they run (config.md, "POSIX-platform Hooks"):
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from minirun.errors import ConfigError, MiniRunError
+from minirun.log import get as get_logger
 
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
 if TYPE_CHECKING:
     from typing import Any
 
-log = logging.getLogger(__name__)
+
+log = get_logger(__name__)
 
 KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
          "poststop")

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from minirun import state as state_dir
 from minirun.errors import ConfigError, MiniRunError, UnsupportedError
+from minirun.log import get as get_logger
 from minirun.spec import Spec
 from minirun.stages import Stage
 from minirun.state import Container, ContainerError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
+if TYPE_CHECKING:
+    from typing import Any
+
+log = get_logger(__name__)
 
 
 @dataclass

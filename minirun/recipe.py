@@ -12,7 +12,6 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from minirun import hooks as hooks_module
 from minirun.errors import ConfigError, MiniRunError, SyscallError, UnsupportedError
@@ -26,13 +25,15 @@ from minirun.isolation import (
     rootfs,
     syscalls,
 )
+from minirun.isolation import namespaces as namespaces_module
 from minirun.isolation.namespaces import Namespace, flag_names
 from minirun.isolation.overlay import Overlay
-
-if TYPE_CHECKING:
-    from minirun.hooks import Hook
 from minirun.spec import Spec
 from minirun.stages import Stage
+
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
+if TYPE_CHECKING:
+    from minirun.hooks import Hook
 
 # Namespaces each stage may create, in the order history added them.
 _STAGE_NAMESPACES = {
@@ -94,6 +95,7 @@ class Recipe:
     no_pivot: bool = False  # MS_MOVE + chroot instead of pivot_root (a ramdisk root)
     container_id: str = ""
     hooks: dict[str, tuple[Hook, ...]] = field(default_factory=dict)
+    runtime_notes: list[str] = field(default_factory=list)  # what the runtime does, for explain
 
     def runtime_hooks(self) -> tuple[Hook, ...]:
         """The hooks the runtime itself runs once the container's namespaces exist."""
@@ -116,6 +118,7 @@ class Recipe:
 
     def explain(self) -> list[str]:
         lines = [f"stage {self.stage.label} ({self.stage.year}): {self.stage.summary}"]
+        lines.extend(f"  {'runtime: ' + note:<72} [cgroups]" for note in self.runtime_notes)
         if self.namespaces:
             lines.append(f"  {'unshare(' + flag_names(self.namespaces) + ')':<72} "
                          f"[{_ns_stage(self.namespaces)}]")
@@ -156,18 +159,28 @@ def build(spec: Spec, stage: Stage, cgroup: str | None = None,
         _jail_root(spec, stage, recipe)
     else:
         recipe.add(Stage.CHROOT, f"chroot({spec.root})", lambda ctx: rootfs.chroot(spec.root))
-        for item in ("mounts", "hostname", "linux.namespaces"):
-            if spec.raw.get(item) or (item == "linux.namespaces" and spec.namespaces):
+        for item in ("mounts", "hostname"):
+            if spec.raw.get(item):
                 recipe.leave_out(item, Stage.JAIL)
+        for entry in spec.namespaces:
+            if entry.kind in _STAGE_NAMESPACES[Stage.JAIL]:
+                recipe.leave_out(f"linux.namespaces[{entry.index}] ({entry.kind.oci_name} "
+                                 "namespace)", Stage.JAIL)
     _process(spec, stage, recipe)
+    _cgroup_steps(spec, stage, recipe)
     return recipe
 
 
-def build_process(spec: Spec, console: bool = False, detach: bool = False) -> Recipe:
+def build_process(spec: Spec, console: bool = False, detach: bool = False,
+                  cgroup: str | None = None) -> Recipe:
     """The steps of a process that joins an existing container (``minirun exec``)."""
-    recipe = Recipe(spec, Stage.OCI, frozenset())
+    recipe = Recipe(spec, Stage.OCI, frozenset(), cgroup)
     _check_unsupported(spec, Stage.OCI, recipe, console)
     _process(spec, Stage.OCI, recipe)
+    if cgroup is not None:
+        recipe.steps.insert(0, Step(Stage.CGROUPS, f"read(sync pipe): wait until the runtime "
+                                    f"has moved this process into {cgroup}",
+                                    _wait_for_cgroup))
     if detach:
         # A detached process outlives minirun: it must not die with its parent.
         recipe.steps.insert(len(recipe.steps) - 1, Step(
@@ -241,9 +254,11 @@ def _jail_root(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     recipe.add(Stage.JAIL, f"open({root}, O_PATH|O_DIRECTORY)", lambda ctx: _open_root(ctx, root))
     for entry in spec.mounts:
         need = _NAMESPACED_MOUNT_TYPES.get(entry.type or "")
+        if need == "cgroup" and recipe.cgroup is not None:
+            need = None  # the container's own cgroup is bound there (see _mount_plan)
         if need and not stage.has(Stage.NAMESPACES):
-            recipe.leave_out(f"{entry.where} ({entry.type} on {entry.destination}, needs a "
-                             f"{need} namespace)", Stage.NAMESPACES)
+            recipe.leave_out(f"{entry.where} ({entry.type} on {entry.destination}, needs its "
+                             f"own {need} namespace)", Stage.NAMESPACES)
             continue
         plan = _mount_plan(spec, entry.index, recipe)
         if plan is None:
@@ -371,8 +386,12 @@ def _mount_plan(spec: Spec, index: int, recipe: Recipe) -> mounts.MountPlan | No
             # cgroup as the root (cgroup_namespaces(7)).
             return mounts.plan(entry.destination, "cgroup2", "cgroup", options, entry.where,
                                spec.bundle)
-        return mounts.plan(entry.destination, None, recipe.cgroup, (*options, "rbind"),
-                           entry.where, spec.bundle)
+        # Without a cgroup namespace: bind the container's own cgroup directory, which the
+        # runtime makes only after fork (so the source is not checked here).
+        return mounts.MountPlan(entry.destination, None, recipe.cgroup,
+                                syscalls.MS_BIND | syscalls.MS_REC | syscalls.MS_RDONLY
+                                | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
+                                0, "", entry.where)
     if fstype in ("cgroup", "cgroup2"):
         # Without a cgroup of its own (no cgroup v2 here), a fresh cgroup2 mount would show
         # the host's tree, so the container gets an empty read-only directory instead.
@@ -507,6 +526,37 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
     args = proc.args
     recipe.add(Stage.CHROOT, f"execve({args[0]}, {list(args)})",
                lambda ctx: process.exec_program(args, ctx.env))
+
+
+def _cgroup_steps(spec: Spec, stage: Stage, recipe: Recipe) -> None:
+    """Report limits the stage leaves out; with a cgroup, say what the runtime writes and
+    have the container process wait for it (and then make its cgroup namespace)."""
+    limits = spec.asks_for_limits()
+    if not stage.has(Stage.CGROUPS):
+        if limits:
+            recipe.leave_out("linux.resources", Stage.CGROUPS)
+        return
+    if limits or stage is Stage.CGROUPS:
+        from minirun.isolation import cgroups
+
+        files = cgroups.resources_to_files(spec.resources, spec.file)
+        where = spec.cgroups_path or f"minirun/{recipe.container_id or 'ID'}"
+        recipe.runtime_notes.append(f"mkdir {where} under /sys/fs/cgroup; write " + (
+            ", ".join(f"{name}={value}" for name, value in files.items()) or "no limits"))
+        recipe.runtime_notes.append("write cgroup.procs <- the container process's pid")
+    if recipe.cgroup is None:
+        return
+    first = [Step(Stage.CGROUPS, f"read(sync pipe): wait until the runtime has moved this "
+                  f"process into {recipe.cgroup}", _wait_for_cgroup)]
+    if Namespace.CGROUP in recipe.namespaces:
+        first.append(Step(Stage.NAMESPACES, "unshare(CLONE_NEWCGROUP) (rooted at that cgroup)",
+                          lambda ctx: namespaces_module.unshare({Namespace.CGROUP})))
+    recipe.steps[0:0] = first
+
+
+def _wait_for_cgroup(ctx: Context) -> None:
+    if os.read(ctx.go_fd, 1) != b"c":
+        raise MiniRunError("the runtime did not place the container in its cgroup")
 
 
 def _hooks(spec: Spec, stage: Stage, recipe: Recipe) -> None:

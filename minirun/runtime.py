@@ -14,7 +14,6 @@ mounts vanish with the mount namespace.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -27,9 +26,10 @@ from minirun.errors import MiniRunError, SyscallError, from_wire
 from minirun.isolation import namespaces, syscalls
 from minirun.isolation.namespaces import Namespace
 from minirun.isolation.process import reset_signals
+from minirun.log import get as get_logger
 from minirun.recipe import Context, Recipe
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # What the container process sends on the error pipe once it is created and waits for start.
 READY = b"ready"
@@ -59,7 +59,7 @@ class Launch:
 class Hooks:
     """What the runtime does around the container, on the host (the cgroup manager)."""
 
-    place: Callable[[int], None] | None = None   # put the init process into a cgroup
+    place: Callable[[int], None] | None = None   # put the container process into a cgroup
     cgroup: str | None = None                     # that cgroup's directory
     cleanup: Callable[[], None] | None = None
     disarm: Callable[[], None] | None = None  # keep the cgroup after a successful create
@@ -100,7 +100,7 @@ def run(recipe: Recipe, hooks: Hooks | None = None, launch: Launch | None = None
     runtime_pid = os.getpid()
     init_pid = os.fork()
     if init_pid == 0:
-        _init_process(recipe, pipes, runtime_pid, hooks.place is not None, launch)
+        _init_process(recipe, pipes, runtime_pid, launch)
     pipes.parent_side()
     if launch.console >= 0:
         os.close(launch.console)
@@ -108,15 +108,18 @@ def run(recipe: Recipe, hooks: Hooks | None = None, launch: Launch | None = None
     previous = {sig: signal.signal(sig, state.on_signal) for sig in FORWARDED_SIGNALS}
     created = False
     try:
-        if hooks.place is not None:
-            hooks.place(init_pid)
-            os.write(pipes.go_w, b"g")
         if Namespace.USER in recipe.namespaces:
             _map_user_namespace(recipe, pipes, init_pid)
         reports = _LineReader(pipes.report_r)
         line = reports.next()
         if line.startswith("pid "):
             state.container_pid = int(line.split()[1])
+            if hooks.place is not None:
+                # Only the container's process joins the cgroup (minirun's init process
+                # stays out of its limits); it waits for this, then enters its own cgroup
+                # namespace, rooted at that cgroup.
+                hooks.place(state.container_pid)
+                os.write(pipes.go_w, b"c")
             if launch.on_pid is not None:
                 launch.on_pid(state.container_pid)
             if recipe.runtime_hooks():
@@ -265,8 +268,7 @@ def _map_user_namespace(recipe: Recipe, pipes: _Pipes, init_pid: int) -> None:
     os.write(pipes.go_w, b"g")
 
 
-def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: bool,
-                  launch: Launch) -> None:
+def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, launch: Launch) -> None:
     """The first child: unshare or join, fork the container process, wait for it, report."""
     code = 1
     try:
@@ -276,8 +278,6 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
         _die_with_parent(runtime_pid)
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)  # the runtime forwards them to the container
-        if needs_go:
-            os.read(pipes.go_r, 1)
         # All namespace files are opened first: once inside the container's mount namespace,
         # /proc/PID of the host means nothing. The user namespace is entered first, since
         # it grants the rights to enter the ones it owns.
@@ -295,6 +295,8 @@ def _init_process(recipe: Recipe, pipes: _Pipes, runtime_pid: int, needs_go: boo
         # container's, and the orphans must still be found afterwards.
         proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         kinds = set(recipe.namespaces)
+        if recipe.cgroup is not None:
+            kinds.discard(Namespace.CGROUP)  # the container process makes it, once placed
         if Namespace.USER in kinds:
             _enter_user_namespace(pipes)
             kinds.discard(Namespace.USER)

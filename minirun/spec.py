@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from typing import Any
 
 from minirun.errors import ConfigError
 from minirun.isolation.namespaces import Namespace
+
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
+if TYPE_CHECKING:
+    from typing import Any
 
 CONFIG_NAME = "config.json"
 MAX_CONFIG_BYTES = 4 << 20
@@ -99,6 +99,11 @@ class Spec:
     resources: dict[str, Any]
     cgroups_path: str | None
     raw: dict[str, Any] = field(repr=False)
+
+    def asks_for_limits(self) -> bool:
+        """Whether ``linux.resources`` sets any limit (device rules alone are not limits)."""
+        return any(value not in (None, {}, []) for key, value in self.resources.items()
+                   if key != "devices")
 
     def namespace(self, kind: Namespace) -> NamespaceEntry | None:
         for entry in self.namespaces:

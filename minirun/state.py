@@ -21,9 +21,12 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from minirun.errors import MiniRunError
+
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_ROOT = "/run/minirun"
 STATE = "state.json"

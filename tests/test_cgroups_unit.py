@@ -156,9 +156,9 @@ def test_refusal_message_is_one_line_with_file_and_path() -> None:
         "67108864 (swap counts memory+swap, so it must be >= limit)")
 
 
-def test_kernel_memory_is_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_kernel_memory_is_ignored_with_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
     assert cgroups.resources_to_files({"memory": {"kernel": 1 << 20}}, SOURCE) == {}
-    assert "memory.kernel=1048576 is ignored" in caplog.text
+    assert "memory.kernel=1048576 is ignored" in capsys.readouterr().err
 
 
 def test_controllers_needed() -> None:
@@ -641,9 +641,28 @@ def reaper() -> Iterator[Reap]:
         reap(timeout=5.0)
 
 
-def test_guard_refuses_before_create(root: Path) -> None:
-    with pytest.raises(MiniRunError, match="armed before the cgroup was created"):
-        cgroups.guard(FakeCgroupManager(root, "c1"))
+def test_guard_armed_before_create_removes_what_create_made(root: Path, reaper: Reap) -> None:
+    """No moment between mkdir and arming: the guard comes first, and on minirun's death
+    removes the directories that did not exist when it was armed."""
+    manager = FakeCgroupManager(root, "c1")
+    ready_r, ready_w = os.pipe()
+    owner = os.fork()
+    if owner == 0:  # plays minirun: arms the guard, creates, then is killed with SIGKILL
+        try:
+            cgroups.guard(manager)
+            manager.create({"pids.max": "5"})
+            os.write(ready_w, b"1")
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+    assert manager.path.is_dir()
+    os.kill(owner, signal.SIGKILL)
+    os.waitpid(owner, 0)
+    assert list(reaper().values()) == [0]
+    assert not (root / "minirun").exists(), "the watchdog removed what create made"
 
 
 def test_guard_disarmed_leaves_the_cgroup(root: Path, reaper: Reap) -> None:

@@ -38,9 +38,9 @@ Not yet: the systemd cgroup driver (``slice:prefix:name`` paths); such paths are
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import errno
-import logging
 import os
 import re
 import signal
@@ -48,11 +48,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from minirun.errors import ConfigError, MiniRunError, SyscallError, UnsupportedError
+from minirun.log import get as get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
+if TYPE_CHECKING:
+    from typing import Any
+
+log = get_logger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_PARENT = "minirun"
@@ -240,7 +244,7 @@ _RUNTIME_FILES = frozenset(
 _PREFERRED_OVER = {"io.bfq.weight": "io.weight"}
 _OPTIONAL_SUFFIX = ".rsvd.max"
 
-_Json = Mapping[str, Any]
+_Json = Mapping[str, "Any"]
 
 
 def resources_to_files(resources: Mapping[str, Any], source: str) -> dict[str, str]:
@@ -606,6 +610,15 @@ class CgroupManager:
         self.prepared = True
         log.info("cgroup %s ready (%s)", self.path, _names(needed) or "no controllers")
 
+    def chain(self) -> list[Path]:
+        """The cgroup's directory and its parents below the root, outermost first."""
+        paths = []
+        parent = self.root
+        for part in self.relative.parts:
+            parent = parent / part
+            paths.append(parent)
+        return paths
+
     def _make_chain(self, needed: set[str]) -> None:
         # Top-down: a controller can be enabled in a cgroup's subtree_control only when its
         # parent enabled it (cgroup-v2.rst, "Enabling and Disabling").
@@ -884,14 +897,16 @@ def guard(manager: CgroupManager) -> int:
     so the container never holds it; a process minirun forks later holds a copy until it execs
     or exits). EOF, which the kernel delivers however minirun ends, SIGKILL included, makes it
     destroy the cgroup. Call :func:`disarm` after a normal clean-up.
-    Call this after ``manager.create()``: the watchdog works on a copy of the manager as it is
-    now. Double fork: the middle child exits at once and is reaped here, so the watchdog is
-    adopted by init (or the nearest subreaper) and never becomes minirun's zombie.
+    Call this before ``manager.create()``, so no moment exists in which minirun could die
+    and leave a cgroup behind: the watchdog removes whichever of the directories missing now
+    exist when it wakes (it works on a copy of the manager). Double fork: the middle child
+    exits at once and is reaped here, so the watchdog is adopted by init (or the nearest
+    subreaper) and never becomes minirun's zombie.
     """
-    if not manager.prepared:
-        raise MiniRunError("cgroup guard armed before the cgroup was created",
-                           "call CgroupManager.create() first")
     _check_outside(manager)
+    if not manager.prepared:
+        manager = copy.copy(manager)
+        manager.created = [path for path in manager.chain() if not path.exists()]
     read_end, write_end = os.pipe()  # both O_CLOEXEC (PEP 446)
     middle = os.fork()
     if middle == 0:

@@ -10,13 +10,16 @@ profile serves several kernels.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from typing import Any
 
 from minirun.errors import ConfigError
+from minirun.log import get as get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
+if TYPE_CHECKING:
+    from typing import Any
+
+log = get_logger(__name__)
 
 _ARCHES = {
     "SCMP_ARCH_X86": "X86", "SCMP_ARCH_X86_64": "X86_64", "SCMP_ARCH_X32": "X32",
