@@ -319,17 +319,21 @@ def _task_line(containerd: Containerd, name: str) -> str:
     return ""
 
 
-@pytest.mark.xfail(reason="Not yet understood: after a task ends, the shim's own clean-up "
-                   "(containerd-shim-runc-v2 delete, run by containerd once the shim has "
-                   "gone) reports 'minirun did not terminate successfully: exit status 255' "
-                   "for its delete --force, with no output, although minirun exits 0 there "
-                   "(seen through a wrapper script); with runc and crun it does not. Only a "
-                   "warning in containerd's log. Remove this mark when it is found.")
+# containerd 1.6's `containerd-shim-runc-v2 delete` (the clean-up containerd runs once a
+# shim has gone) waits for its `RUNTIME delete --force` with go-runc's default monitor while
+# its own SIGCHLD handler reaps every child with wait4(-1): when the handler wins, the
+# monitor's wait fails and go-runc reports "exit status 255" with no output, whatever the
+# runtime did. strace in the VM showed both waiters, and minirun exiting 0 there.
+_REAPER_RACE = 'did not terminate successfully: exit status 255: \\"'
+
+
 def test_containerd_logs_no_failed_runtime_command(containerd: Containerd) -> None:
-    """Runs after the ctr tests: every runtime command the shims ran succeeded."""
+    """Runs after the ctr tests: every runtime command the shims ran succeeded (the one
+    warning the shims' clean-up makes up by itself aside)."""
     tasks_run = 2  # test_ctr_run_rm_gives_the_exit_code, test_ctr_detached_exec_ps_kill
     wait_until(lambda: containerd.log.read_text().count("cleanup warnings") >= tasks_run, 60,
                "the shims' clean-up after both tasks")
     failures = [line for line in containerd.log.read_text().splitlines()
-                if "did not terminate successfully" in line]  # the shim's wording
+                if "did not terminate successfully" in line  # go-runc's wording
+                and _REAPER_RACE not in line]
     assert not failures, "\n".join(failures)
