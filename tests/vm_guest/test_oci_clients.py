@@ -112,7 +112,7 @@ def podman(image_archive: Path, work: Path) -> Iterator[Podman]:
 
 
 def _remove_empty_cgroups(top: Path) -> None:
-    """rmdir a cgroup subtree that podman made for this module, deepest first."""
+    """rmdir an emptied cgroup subtree that podman or containerd made here, deepest first."""
     if not top.exists():
         return
     for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
