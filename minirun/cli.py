@@ -343,9 +343,15 @@ def _bundle_and_id(args: argparse.Namespace) -> tuple[str, str]:
         container_id = target[0] if target else ""
         if len(target) > 1:
             raise ConfigError("command line", "", "with --bundle, give only the container id")
-    elif target and (os.path.isdir(target[0]) or "/" in target[0] or len(target) == 2):
+    elif target and (os.path.isdir(target[0]) or "/" in target[0] or len(target) == 2
+                     or _looks_like_image(target[0])):
         bundle = target.pop(0)
         container_id = target[0] if target else ""
+    elif target and not os.path.exists("config.json"):
+        # runc's `run ID` takes the bundle from the current directory; with no config.json
+        # there, the word was meant as a bundle or an image.
+        raise ConfigError(target[0], "", "no such bundle directory or image (and no "
+                                         "config.json here to run it as a container id)")
     else:
         bundle = "."
         container_id = target[0] if target else ""

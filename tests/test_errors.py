@@ -444,3 +444,11 @@ def test_a_mount_point_that_cannot_be_made_names_its_entry(
                                              source="tmpfs"))
     failed_start(bundle, "mounts[7] mount point /etc/passwd/inside: openat2",
                            "ENOTDIR")
+
+
+def test_a_word_that_is_neither_bundle_image_nor_id_here_is_one_line(tmp_path: Path) -> None:
+    result = minirun("run", "nosuchname", cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert only_line(result.stderr) == (
+        "minirun: nosuchname: no such bundle directory or image (and no config.json here to "
+        "run it as a container id)")
