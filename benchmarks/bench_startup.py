@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +236,79 @@ class Runtimes:
             return _spawn_and_wait(argv)
         finally:
             syscalls.setns(self.home_ns, CLONE_NEWNS, "minirun's namespace, CLONE_NEWNS")
+
+
+    def _cycle(self, argv_for: Callable[[str, str], list[str]], name: str,
+               use_crun_ns: bool) -> Trial:
+        """create, start, delete --force of one container: the pattern youki and crun
+        publish. The three commands' wall and CPU times are added up."""
+        self.count += 1
+        container_id = f"bench-{name[0]}{self.count}"
+        total = Trial(0.0, 0.0)
+        for command in ("create", "start", "delete"):
+            if use_crun_ns:
+                syscalls.setns(self.crun_ns, CLONE_NEWNS, "crun's namespace, CLONE_NEWNS")
+            try:
+                trial = _spawn_and_wait(argv_for(command, container_id))
+            finally:
+                if use_crun_ns:
+                    syscalls.setns(self.home_ns, CLONE_NEWNS, "minirun's namespace")
+            total = Trial(total.wall + trial.wall, total.cpu + trial.cpu)
+            if command == "start":
+                _wait_for_exit(container_id, self)
+        _reap_orphans()
+        return total
+
+    def minirun_cycle(self) -> Trial:
+        def argv(command: str, container_id: str) -> list[str]:
+            base = [str(MINIRUN), "--root", str(self.state / "minirun"), command]
+            extra = {"create": ["--bundle", str(self.bundle.path)], "delete": ["--force"]}
+            return [*base, *extra.get(command, []), container_id]
+
+        return self._cycle(argv, "minirun", use_crun_ns=False)
+
+    def crun_cycle(self) -> Trial:
+        def argv(command: str, container_id: str) -> list[str]:
+            base = [self.crun_path, "--root", str(self.state / "crun"),
+                    "--cgroup-manager=disabled", command]
+            extra = {"create": ["--bundle", str(self.bundle.path), "--config",
+                                str(self.bundle.crun_config)], "delete": ["--force"]}
+            return [*base, *extra.get(command, []), container_id]
+
+        return self._cycle(argv, "crun", use_crun_ns=True)
+
+
+def _wait_for_exit(container_id: str, runtimes: Runtimes) -> None:
+    """/bin/true ends at once; reap it (this process is the subreaper) before delete."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            return
+        time.sleep(0.0005)
+
+
+def _reap_orphans() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def compare_lifecycle(runtimes: Runtimes, repeat: int) -> dict[str, list[Trial]]:
+    runtimes.minirun_cycle()
+    runtimes.crun_cycle()
+    trials: dict[str, list[Trial]] = {"minirun": [], "crun": []}
+    for round_ in range(repeat):
+        order = ("minirun", "crun") if round_ % 2 == 0 else ("crun", "minirun")
+        for name in order:
+            trials[name].append(getattr(runtimes, f"{name}_cycle")())
+    return trials
 
 
 def compare(runtimes: Runtimes, repeat: int) -> dict[str, list[Trial]]:
@@ -456,6 +529,21 @@ def report(trials: dict[str, list[Trial]], interpreter: dict[str, float],
                                   for group, value in groups.items()}}
 
 
+def report_lifecycle(cycles: dict[str, list[Trial]], repeat: int) -> dict[str, object]:
+    wall = {name: _summary([t.wall for t in values]) for name, values in cycles.items()}
+    cpu = {name: statistics.median(t.cpu for t in values) for name, values in cycles.items()}
+    ratio = wall["minirun"]["median"] / wall["crun"]["median"]
+    _table(f"create + start + delete of /bin/true, {repeat} cycles each, interleaved (ms)",
+           ["runtime", "median", "p90", "min", "max", "cpu median"],
+           [[name, _ms(w["median"]), _ms(w["p90"]), _ms(w["min"]), _ms(w["max"]),
+             _ms(cpu[name])] for name, w in wall.items()])
+    print(f"  minirun / crun: {ratio:.2f}x median, {cpu['minirun'] / cpu['crun']:.2f}x cpu")
+    return {"wall_ms": {n: {k: round(v * 1000, 2) for k, v in w.items()}
+                        for n, w in wall.items()},
+            "cpu_median_ms": {n: round(v * 1000, 2) for n, v in cpu.items()},
+            "ratio_median": round(ratio, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if INSIDE_FLAG not in argv:
@@ -478,12 +566,16 @@ def main(argv: list[str] | None = None) -> int:
         runtimes = Runtimes(bundle, crun_ns, state)
         load_before = os.getloadavg()[0]
         trials = compare(runtimes, args.repeat)
+        # Created containers are reparented here (as to conmon or containerd-shim).
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1, "PR_SET_CHILD_SUBREAPER, 1")
+        cycles = compare_lifecycle(runtimes, args.repeat)
         load = (load_before, os.getloadavg()[0])
         interpreter = interpreter_start(args.repeat)
         imports, import_total = import_times(bundle, detail_runs)
         phases, groups = timeline(bundle, detail_runs)
     figures = report(trials, interpreter, imports, import_total, phases, groups, args.repeat,
                      load)
+    figures["lifecycle"] = report_lifecycle(cycles, args.repeat)
     print(json.dumps(figures))
     return 0
 
