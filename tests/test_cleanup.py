@@ -131,7 +131,7 @@ def test_a_container_that_fails_to_start_leaves_nothing(
         make_bundle: Callable[..., Path], stage: str) -> None:
     bundle = make_bundle(["/no/such/program"])
     result = minirun("run", "--stage", stage, str(bundle))
-    assert result.returncode == 1
+    assert result.returncode == 127
     assert re.search(r"^minirun: execve\(/no/such/program.*\): ENOENT", result.stderr, re.M)
     assert_nothing_left(bundle, [])
 

@@ -152,19 +152,29 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+# As a shell does, and as podman and Docker report it: 127 when the program is not there,
+# 126 when it is there but cannot be run.
+EXIT_NOT_FOUND = 127
+EXIT_CANNOT_RUN = 126
+
+
+def _exec_error(path: str, code: int, hint: str | None) -> SyscallError:
+    error = SyscallError("execve", path, code, hint=hint)
+    error.exit_code = EXIT_NOT_FOUND if code == errno.ENOENT else EXIT_CANNOT_RUN
+    return error
+
+
 def find_program(name: str, env: dict[str, str]) -> str:
     """Resolve ``name`` against the container's PATH, as execvp(3) would."""
     if "/" in name:
         if not os.path.exists(name):
-            raise SyscallError("execve", f"{name} (no such file in the container)",
-                               errno.ENOENT, hint="")
+            raise _exec_error(f"{name} (no such file in the container)", errno.ENOENT, "")
         return name
     for directory in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
         candidate = os.path.join(directory or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-    raise SyscallError("execve", f"{name} (not found in PATH={env.get('PATH', '')})",
-                       errno.ENOENT, hint="")
+    raise _exec_error(f"{name} (not found in PATH={env.get('PATH', '')})", errno.ENOENT, "")
 
 
 def exec_program(args: Sequence[str], env: dict[str, str]) -> None:
@@ -173,7 +183,7 @@ def exec_program(args: Sequence[str], env: dict[str, str]) -> None:
         os.execve(path, list(args), env)
     except OSError as error:
         code = error.errno or errno.ENOEXEC
-        raise SyscallError("execve", path, code, hint=exec_hint(path, code)) from None
+        raise _exec_error(path, code, exec_hint(path, code)) from None
 
 
 def exec_hint(path: str, code: int) -> str | None:
