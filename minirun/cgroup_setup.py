@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+# Enabled for every container cgroup, limits or not, so its usage can be read.
+ACCOUNTING = frozenset({"cpu", "memory", "pids", "io"})
+
+
 def hooks_for(spec: Spec, stage: Stage, container_id: str) -> Hooks:
     if not stage.has(Stage.CGROUPS):
         return Hooks()
@@ -62,7 +66,7 @@ def _manager_hooks(spec: Spec, container_id: str, files: dict[str, str]) -> Hook
     def place(pid: int) -> None:
         # The guard first: from the first mkdir on, a killed minirun leaves nothing behind.
         state["guard"] = cgroups.guard(manager)
-        manager.create(files)
+        manager.create(files, also=ACCOUNTING)
         manager.add(pid)
 
     def cleanup() -> None:

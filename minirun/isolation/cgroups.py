@@ -588,10 +588,13 @@ class CgroupManager:
 
     # -- set-up --
 
-    def create(self, files: Mapping[str, str]) -> None:
-        """Make the cgroup (and missing parents), enable controllers, write ``files``."""
-        needed = controllers_needed(files)
+    def create(self, files: Mapping[str, str], also: frozenset[str] = frozenset()) -> None:
+        """Make the cgroup (and missing parents), enable controllers, write ``files``.
+
+        ``also`` names controllers to enable even without a limit, where the root offers them
+        (so the container can read pids.current or memory.current, as under runc)."""
         available = _read_words(self.root / "cgroup.controllers")
+        needed = controllers_needed(files) | (also & available)
         missing = needed - available
         if missing:
             raise UnsupportedError(
