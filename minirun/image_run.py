@@ -38,7 +38,10 @@ def prepare(reference: str, store: Path, container_id: str) -> ImageContainer:
     if bundle.exists():
         raise ConfigError(str(bundle), "", f"a container named {container_id!r} exists "
                                            "already (choose another id)")
-    prepared = content_store.prepare(reference, store)
+    from rootfs_fetch.progress import LayerProgress
+
+    with LayerProgress():
+        prepared = content_store.prepare(reference, store)
     (bundle / "rootfs").mkdir(parents=True, mode=0o755)
     try:
         config = dict(prepared.config)

@@ -70,7 +70,9 @@ def unpack_command(args: argparse.Namespace) -> int:
                            "choose a new BUNDLE or remove the old rootfs")
     platform = parse_platform(args.platform) if args.platform else None
     options = Options(keep_devices=args.keep_devices, keep_setuid=args.keep_setuid)
-    with open_image(args.image, platform) as image:
+    from .progress import LayerProgress
+
+    with LayerProgress(), open_image(args.image, platform) as image:
         # Every digest, size and diff_id is checked before the bundle is touched.
         verify_image(image)
         bundle.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,10 @@ right length); anything else is refused by name before it is used anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -70,6 +72,25 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+class Progress:
+    """Where layer reads are reported: ``callback(label, bytes so far, size)`` for every read
+    of a blob whose size is known; the label says the phase ("check", "unpack") and the
+    digest. None (the default) costs nothing."""
+
+    callback: Callable[[str, int, int], None] | None = None
+    phase = "read"
+
+
+@contextlib.contextmanager
+def reporting(phase: str) -> Iterator[None]:
+    """Name the phase the reads inside the block belong to."""
+    previous, Progress.phase = Progress.phase, phase
+    try:
+        yield
+    finally:
+        Progress.phase = previous
+
+
 class VerifyingReader:
     """Reads from ``raw``, hashing and counting; :meth:`verify` compares with what was promised.
 
@@ -93,6 +114,9 @@ class VerifyingReader:
                 f"{self._what}: more than the {self._size} bytes its descriptor says"
             )
         self._hash.update(data)
+        if Progress.callback is not None and self._size:
+            Progress.callback(f"{Progress.phase} {self._digest.short}", self.count,
+                              self._size)
         return data
 
     def drain(self, chunk: int = 1 << 20) -> None:

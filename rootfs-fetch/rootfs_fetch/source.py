@@ -23,7 +23,15 @@ from typing import IO, Any
 
 from minirun.errors import EXIT_USAGE, ConfigError, MiniRunError, UnsupportedError
 
-from .digest import Digest, DigestError, Readable, VerifyingReader, parse_digest, read_capped
+from .digest import (
+    Digest,
+    DigestError,
+    Readable,
+    VerifyingReader,
+    parse_digest,
+    read_capped,
+    reporting,
+)
 from .safepath import open_beneath, open_dir
 
 log = logging.getLogger(__name__)
@@ -634,7 +642,7 @@ class _Checked:
 
 def verify_layer(image: Image, layer: Layer) -> int:
     """Read a whole layer without writing anything; returns its uncompressed size."""
-    with LayerStream(image, layer) as stream:
+    with reporting("check"), LayerStream(image, layer) as stream:
         try:
             stream.finish()
         except ImageError:

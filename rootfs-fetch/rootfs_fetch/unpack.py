@@ -33,7 +33,7 @@ from pathlib import Path
 
 from minirun.errors import EXIT_USAGE, MiniRunError
 
-from .digest import Readable
+from .digest import Readable, reporting
 from .safepath import open_dir, open_in_root
 from .source import Image, Layer, LayerStream, verify_image
 
@@ -534,7 +534,7 @@ def unpack_stream(stream: Readable, root: Path, mode: Mode, options: Options,
 
 def unpack_layer(image: Image, layer: Layer, root: Path, mode: Mode, options: Options) -> Stats:
     """Stream one layer of ``image`` into ``root``; its hashes are checked at the end too."""
-    with LayerStream(image, layer) as stream:
+    with reporting("unpack"), LayerStream(image, layer) as stream:
         try:
             stats = unpack_stream(stream.tar, root, mode, options, layer.what)
             stream.finish()
