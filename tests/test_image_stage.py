@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import minirun
+from support import MINIRUN, minirun
 
 pytestmark = pytest.mark.root
 
@@ -82,3 +82,14 @@ def test_a_command_after_the_image_replaces_its_cmd(two_layer_image: Path,
     out = minirun("run", "--store", str(tmp_path / "store"), str(two_layer_image), "cmd",
                   "--", "sh", "-c", "echo overridden; cat /etc/motd", check=True).stdout
     assert out == "overridden\nsecond layer\n"
+
+
+def test_layer_progress_is_a_line_in_a_log_and_a_bar_on_a_terminal(
+        two_layer_image: Path, tmp_path: Path) -> None:
+    logged = minirun("run", "--stage", "image", "--store", str(tmp_path / "a"),
+                     str(two_layer_image), "p1", "--", "true", check=True).stderr
+    assert logged.count("minirun: unpack layer ") == 2  # one quiet line per layer
+    command = (f"{MINIRUN} unpack {two_layer_image} {tmp_path / 'bundle'}")
+    shown = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                           text=True, check=True, stdin=subprocess.DEVNULL).stdout
+    assert "unpack " in shown and "━" in shown  # rich's bar, drawn on the pty
