@@ -85,7 +85,8 @@ def test_a_command_after_the_image_replaces_its_cmd(two_layer_image: Path,
 
 
 def test_layer_progress_is_a_line_in_a_log_and_a_bar_on_a_terminal(
-        two_layer_image: Path, tmp_path: Path) -> None:
+        two_layer_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIRUN_LOG", "info")
     logged = minirun("run", "--stage", "image", "--store", str(tmp_path / "a"),
                      str(two_layer_image), "p1", "--", "true", check=True).stderr
     assert logged.count("minirun: unpack layer ") == 2  # one quiet line per layer
