@@ -317,6 +317,7 @@ def ps(root: str, container_id: str, as_json: bool) -> int:
 
 
 def features() -> int:
+    from minirun.hooks import KINDS
     from minirun.isolation import mounts
     from minirun.isolation.capabilities import NAMES
     from minirun.isolation.namespaces import Namespace
@@ -324,13 +325,14 @@ def features() -> int:
     document = {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
-        "hooks": [],
+        "hooks": list(KINDS),
         "mountOptions": sorted(mounts.known_options()),
         "linux": {
             "namespaces": [k.oci_name for k in Namespace if k is not Namespace.TIME],
             "capabilities": list(NAMES),
             "cgroup": {"v1": False, "v2": True, "systemd": False, "systemdUser": False},
-            "seccomp": {"enabled": False},
+            # python3-seccomp is a dependency (setup/apt-packages.txt): always there.
+            "seccomp": {"enabled": True},
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
         },
