@@ -2,7 +2,7 @@
 
 A new network namespace (jail stage, 2001) has only ``lo``, and it is down. One ioctl
 (SIOCSIFFLAGS, netdevice(7)) brings it up; that is all a container needs to talk to itself.
-Veth pairs and bridges, which need netlink, use pyroute2 and are imported only there.
+Not yet: veth pairs and bridges (netlink; pyroute2 is the library chosen for them).
 """
 
 from __future__ import annotations
