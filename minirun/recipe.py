@@ -486,9 +486,8 @@ def _process(spec: Spec, stage: Stage, recipe: Recipe) -> None:
             for name in ("bounding", "effective", "permitted", "inheritable", "ambient"))
         recipe.add(Stage.NAMESPACES,
                    f"setgroups({list(user.additional_gids)}); setresgid({user.gid}); "
-                   f"setresuid({user.uid}); capset({sets})",
-                   lambda ctx: process.set_identity(user.uid, user.gid, user.additional_gids,
-                                                    caps))
+                   f"setresuid({user.uid}); capset({sets}); prctl(PR_SET_PDEATHSIG, SIGKILL)",
+                   lambda ctx: _set_identity(user.uid, user.gid, user.additional_gids, caps))
         if proc.no_new_privileges:
             recipe.add(Stage.NAMESPACES, "prctl(PR_SET_NO_NEW_PRIVS, 1)",
                        lambda ctx: process.set_no_new_privileges())
@@ -612,6 +611,16 @@ def _scheduling(spec: Spec, stage: Stage, recipe: Recipe) -> None:
         policy, priority, nice = process.scheduler(given["process.scheduler"], spec.file)
         recipe.add(Stage.OCI, f"sched_setscheduler(0, {policy}, {priority}); nice {nice}",
                    lambda ctx: process.set_scheduler(policy, priority, nice))
+
+
+def _set_identity(uid: int, gid: int, groups: tuple[int, ...],
+                  caps: dict[str, tuple[str, ...]]) -> None:
+    import signal
+
+    process.set_identity(uid, gid, groups, caps)
+    # A new uid or gid clears the parent-death signal (prctl(2)): armed again, a container
+    # of a non-root user still dies with minirun (a detached one clears it later on purpose).
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG, SIGKILL")
 
 
 def _open_fifo(ctx: Context, fifo: str) -> None:
