@@ -207,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         argv, override = argv[:cut], argv[cut + 1:]
     args = _parser(argv).parse_args(argv)
     args.override = override
-    _setup_logging(args)
+    try:
+        _setup_logging(args)
+    except OSError as error:  # --log names a file that cannot be opened
+        print(f"minirun: --log {args.log}: cannot open: {error.strerror}", file=sys.stderr)
+        return 2
     try:
         log.debug("argv: %s", argv)
         os.environ["MINIRUN_CGROUP_MANAGER"] = args.cgroup_manager
