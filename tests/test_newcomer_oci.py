@@ -294,3 +294,10 @@ def test_run_detach_then_kill_then_delete(root: str, make_bundle: Callable[..., 
     minirun("--root", root, "delete", "bg", check=True)
     assert minirun("--root", root, "list", "--format", "json", check=True).stdout.strip() == "[]"
     assert not (Path(root) / "bg").exists()
+
+
+def test_a_log_file_that_cannot_be_opened_is_one_line(root: str, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "runtime.log"
+    result = minirun("--root", root, "--log", str(missing), "--log-format", "json", "list")
+    assert result.returncode == 2
+    assert result.stderr == f"minirun: --log {missing}: cannot open: No such file or directory\n"
