@@ -298,7 +298,13 @@ def _run_spec(args: argparse.Namespace, spec: Spec, stage: Stage, container_id: 
                                  container_id=container_id)
     for item in recipe.left_out:
         log.info("stage %s leaves out %s", stage.label, item)
-    return runtime.run(recipe, hooks)
+    launch = runtime.Launch()
+    if args.pid_file:  # in the foreground too, as runc writes it
+        from minirun.lifecycle import _write_pid_file
+
+        pid_file = args.pid_file
+        launch.on_pid = lambda pid: _write_pid_file(pid_file, pid)
+    return runtime.run(recipe, hooks, launch)
 
 
 def _run_image(args: argparse.Namespace, reference: str, container_id: str,
@@ -313,6 +319,11 @@ def _run_image(args: argparse.Namespace, reference: str, container_id: str,
         raise UnsupportedError(f"running an image needs stage image or oci, not "
                                f"{stage.label} (or: minirun unpack IMAGE BUNDLE, then run "
                                "the bundle)")
+    if args.detach:
+        # Not yet: the store bundle lives as long as this process; remove this refusal when
+        # a detached container's bundle is kept until `minirun delete`.
+        raise UnsupportedError("run --detach of an image is not supported yet: minirun unpack "
+                               "IMAGE BUNDLE, then minirun run --detach -b BUNDLE ID")
     if os.geteuid() != 0:
         raise UnsupportedError("minirun run needs root (try sudo)")
     container = image_run.prepare(reference, Path(args.store), container_id)
