@@ -304,6 +304,15 @@ def test_a_killed_run_does_not_pin_its_image(image: dict[str, Path | str],
         shutil.rmtree(store / "containers" / "pinned", ignore_errors=True)
 
 
+def test_run_detach_of_an_image_is_refused_not_run_in_the_foreground(
+        image: dict[str, Path | str], store: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = minirun("--root", str(tmp_path / "state"), "run", "--detach", "--store",
+                     str(store), str(image["oci"]), "bg", "--", "sleep", "5")
+    assert result.returncode == 2 and "unpack" in result.stderr, result.stderr
+    assert time.monotonic() - started < 4, "it ran in the foreground"
+
+
 def test_unpack_gives_a_bundle_that_runs(image: dict[str, Path | str], tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     output(minirun("unpack", str(image["docker"]), str(bundle)))

@@ -301,3 +301,13 @@ def test_a_log_file_that_cannot_be_opened_is_one_line(root: str, tmp_path: Path)
     result = minirun("--root", root, "--log", str(missing), "--log-format", "json", "list")
     assert result.returncode == 2
     assert result.stderr == f"minirun: --log {missing}: cannot open: No such file or directory\n"
+
+
+def test_foreground_run_writes_the_pid_file(root: str, make_bundle: Callable[..., Path],
+                                            tmp_path: Path) -> None:
+    pid_file = tmp_path / "fg.pid"
+    bundle = make_bundle(["sh", "-c", "sleep 0.3; echo done"])
+    result = minirun("--root", root, "run", "--pid-file", str(pid_file), "-b", str(bundle),
+                     "fg", check=True)
+    assert result.stdout.strip() == "done"
+    assert int(pid_file.read_text()) > 1  # the container's pid as the host sees it
