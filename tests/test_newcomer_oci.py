@@ -311,3 +311,16 @@ def test_foreground_run_writes_the_pid_file(root: str, make_bundle: Callable[...
                      "fg", check=True)
     assert result.stdout.strip() == "done"
     assert int(pid_file.read_text()) > 1  # the container's pid as the host sees it
+
+
+def test_kill_of_a_created_container_stops_it_and_start_then_fails(
+        root: str, make_bundle: Callable[..., Path]) -> None:
+    bundle = make_bundle(["sh", "-c", "echo ran > /ran"])
+    detached("--root", root, "create", "-b", str(bundle), "ck")
+    assert minirun("--root", root, "list", "-q", check=True).stdout.split() == ["ck"]
+    minirun("--root", root, "kill", "ck", "KILL", check=True)
+    wait_status(root, "ck", "stopped")
+    late = minirun("--root", root, "start", "ck")
+    assert late.returncode != 0 and "not created" in late.stderr
+    assert not (bundle / "rootfs/ran").exists()
+    minirun("--root", root, "delete", "ck", check=True)
