@@ -1,15 +1,14 @@
-"""Layer progress for people: a bar per layer on a terminal, one line per layer in a log."""
+"""Layer progress for people: a bar per layer and phase on a terminal.
+
+In a log, the store and the unpacker already say one info line per layer; nothing more is
+printed there."""
 
 from __future__ import annotations
 
 import sys
 from typing import IO, Any
 
-from minirun.log import get as get_logger
-
 from .digest import Progress
-
-log = get_logger(__name__)
 
 
 class LayerProgress:
@@ -20,7 +19,6 @@ class LayerProgress:
         self.fancy = self.stream.isatty()
         self._rich: Any = None
         self._tasks: dict[str, Any] = {}
-        self._seen: set[str] = set()
 
     def __enter__(self) -> LayerProgress:
         Progress.callback = self
@@ -32,13 +30,8 @@ class LayerProgress:
             self._rich.stop()
 
     def __call__(self, label: str, done: int, total: int) -> None:
-        if label.startswith("read "):
-            return  # manifests and configs: not layers
-        if not self.fancy:
-            if label not in self._seen:  # quiet: one info line per layer and phase
-                self._seen.add(label)
-                log.info("%s layer %s (%.1f MB)", *label.split(" ", 1), total / 1e6)
-            return
+        if label.startswith("read ") or not self.fancy:
+            return  # manifests and configs are not layers; a log has its lines already
         if self._rich is None:
             from rich.console import Console
             from rich.progress import DownloadColumn, Progress, TextColumn
