@@ -217,18 +217,29 @@ def test_console_socket_receives_the_pty(root: str, make_bundle: Callable[..., P
     wait_status(root, "c8", "stopped")
 
 
-def test_sigkill_of_create_leaves_no_orphan(root: str, make_bundle: Callable[..., Path]) -> None:
-    """minirun killed half-way through create: the half-made container dies with it."""
-    bundle = make_bundle(["sleep", "30"])
+def test_sigkill_of_create_leaves_no_orphan(root: str, make_bundle: Callable[..., Path],
+                                           tmp_path: Path) -> None:
+    """minirun killed half-way through create: the half-made container dies with it.
+
+    A createRuntime hook holds create in the middle (the container process exists and
+    waits), so the kill lands there every time, whatever the machine's load."""
+    mark = tmp_path / "hook.pid"
+    bundle = make_bundle(["sleep", "30"], lambda c: c.update(hooks={"createRuntime": [
+        {"path": "/bin/sh", "args": ["sh", "-c", f"echo $$ > {mark}; exec sleep 30"]}]}))
     proc = subprocess.Popen([str(MINIRUN), "--root", root, "create", "-b", str(bundle), "c9"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while not mark.exists() or not mark.read_text().strip():
+        assert time.monotonic() < deadline and proc.poll() is None, "the hook never ran"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.5)
-    _reap()
-    leftovers = [p for p, cmd in _processes_named(str(bundle)) if p != os.getpid()]
-    assert leftovers == []
+    os.kill(int(mark.read_text()), signal.SIGKILL)  # the hook is this test's own process
+    deadline = time.monotonic() + 5
+    while [p for p, _ in _processes_named(str(bundle)) if p != os.getpid()]:
+        assert time.monotonic() < deadline, "the container outlived a killed create"
+        time.sleep(0.05)
+        _reap()
 
 
 def test_poststart_and_poststop_hooks_run_at_start_and_delete(
