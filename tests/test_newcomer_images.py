@@ -286,10 +286,6 @@ def test_sigkill_of_a_foreground_run_ends_its_non_root_container(
     assert left == [], "the container outlived minirun run"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Not yet: a `minirun run IMAGE` killed with SIGKILL (or a host reboot under it) leaves "
-    "STORE/containers/ID behind; images_in_use() counts it, so rmi says 'used by a container' "
-    "for ever and the id stays taken, with no minirun command to clear it"))
 def test_a_killed_run_does_not_pin_its_image(image: dict[str, Path | str],
                                              store: Path) -> None:
     left = _killed_run(image, store, "pinned")
