@@ -14,15 +14,24 @@ from support import MINIRUN, minirun
 pytestmark = pytest.mark.root
 
 
+def _is_mount_point(path: str) -> bool:
+    with open("/proc/self/mountinfo") as stream:
+        return any(line.split()[4] == path for line in stream)
+
+
 @pytest.fixture
 def netns() -> Iterator[str]:
-    """A network namespace of the test's own."""
+    """A network namespace of the test's own. `ip netns add` makes /run/netns a mount point
+    the first time; when it did so here, the test unmounts it again."""
     name = f"minirun-test-{os.getpid()}"
+    mounted_before = _is_mount_point("/run/netns")
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         yield f"/run/netns/{name}"
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=True)
+        if not mounted_before and not os.listdir("/run/netns"):
+            subprocess.run(["umount", "/run/netns"], check=True)
 
 
 def test_namespace_path_joins_an_existing_network_namespace(
