@@ -14,6 +14,8 @@ from minirun.stages import Stage, names
 
 TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
 if TYPE_CHECKING:
+    from typing import Any
+
     from minirun.isolation.overlay import Overlay
     from minirun.spec import Spec
 
@@ -48,9 +50,10 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
                         "limits are then refused); systemd is not supported")
     parser.add_argument("--rootless", default="false", help=argparse.SUPPRESS)
     parser.add_argument("--criu", help=argparse.SUPPRESS)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                     parser_class=_SubParser)
-    commands.required = True
+    real_commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                          parser_class=_SubParser)
+    real_commands.required = True
+    commands = _Commands(real_commands, _command_in(argv))
 
     run = commands.add_parser("run", help="create and start a container (foreground)",
                               description="Run BUNDLE's config.json at the chosen stage. The "
@@ -142,9 +145,54 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     stages.set_defaults(handler=_stages)
     # The image commands live in rootfs_fetch; importing it costs start-up, so it is done only
     # when one of them, or the help, is asked for.
-    if any(word in _IMAGE_COMMANDS or word in ("-h", "--help") for word in argv):
+    if commands.wanted is None or commands.wanted in _IMAGE_COMMANDS:
         _add_image_commands(commands)
     return parser
+
+
+_COMMANDS = frozenset({"run", "create", "start", "state", "pause", "resume", "kill", "delete",
+                       "list", "ps", "exec", "spec", "features", "stages", *_IMAGE_COMMANDS})
+_GLOBAL_VALUES = ("--root", "--log", "--log-format", "--cgroup-manager", "--rootless", "--criu")
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand argv names, or None (a global --help, or none found): then every
+    subcommand's parser is built. Building only the one in use saves start-up time."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("-h", "--help"):
+            return None
+        elif word in _GLOBAL_VALUES:
+            skip = True
+        elif not word.startswith("-"):
+            return word if word in _COMMANDS else None
+    return None
+
+
+class _Skipped:
+    """Stands in for the parser of a subcommand this invocation does not use."""
+
+    def add_argument(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def set_defaults(self, **kwargs: object) -> None:
+        return None
+
+
+class _Commands:
+    """add_parser that builds only the subcommand in use (all of them when it is unknown)."""
+
+    def __init__(self, real: argparse._SubParsersAction, wanted: str | None) -> None:  # type: ignore[type-arg]
+        self.real = real
+        self.wanted = wanted
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if self.wanted is None or name == self.wanted:
+            parser: argparse.ArgumentParser = self.real.add_parser(name, **kwargs)
+            return parser
+        return _Skipped()  # type: ignore[return-value]
 
 
 class _SubParser(argparse.ArgumentParser):
@@ -172,7 +220,7 @@ def _lifecycle() -> ModuleType:
     return lifecycle
 
 
-def _add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_image_commands(commands: _Commands) -> None:
     try:
         from rootfs_fetch import commands as image_commands
     except ImportError:
