@@ -41,3 +41,19 @@ def only_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if not line.startswith("minirun: hint:")]
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+def detached(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """minirun create / run -d / exec -d: the container keeps the descriptors it got, so its
+    output goes to files (as conmon's would), not to pipes a test would wait on for ever."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run([str(MINIRUN), *args], stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=err, timeout=60).returncode
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(list(args), code, out.read(), err.read())
+    if check and code != 0:
+        raise AssertionError(f"minirun {' '.join(args)}: {code}\n{result.stderr}")
+    return result

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import MINIRUN, minirun
+from support import MINIRUN, detached, minirun
 
 pytestmark = pytest.mark.root
 
@@ -38,22 +38,6 @@ def root(tmp_path: Path) -> Iterator[str]:
         if pid == 0:
             time.sleep(0.02)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-
-
-def detached(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """minirun create/run -d: the container keeps stdout and stderr open, so they go to
-    files, as conmon's pipes would, not to pipes this test would wait on."""
-    import tempfile
-
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        code = subprocess.run([str(MINIRUN), *args], stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=err, timeout=60).returncode
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(list(args), code, out.read(), err.read())
-    if check and code != 0:
-        raise AssertionError(f"minirun {' '.join(args)}: {code}\n{result.stderr}")
-    return result
 
 
 def status(root: str, container_id: str) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import MINIRUN, minirun
+from support import MINIRUN, detached, minirun
 
 pytestmark = pytest.mark.root
 
@@ -53,20 +53,6 @@ def reap() -> bool:
             return False
         if pid == 0:
             return True
-
-
-def detached(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """create / run -d / exec -d: the container keeps the descriptors it got, so its output
-    goes to files, not to pipes this test would wait on for ever."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        code = subprocess.run([str(MINIRUN), *args], stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=err, timeout=60).returncode
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(list(args), code, out.read(), err.read())
-    if check and code != 0:
-        raise AssertionError(f"minirun {' '.join(args)}: {code}\n{result.stderr}")
-    return result
 
 
 def state(root: str, container_id: str) -> dict[str, object]:
