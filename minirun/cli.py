@@ -351,7 +351,7 @@ def _run_spec(args: argparse.Namespace, spec: Spec, stage: Stage, container_id: 
         from minirun.lifecycle import _write_pid_file
 
         pid_file = args.pid_file
-        launch.on_pid = lambda pid: _write_pid_file(pid_file, pid)
+        launch = runtime.Launch(on_pid=lambda pid: _write_pid_file(pid_file, pid))
     return runtime.run(recipe, hooks, launch)
 
 
@@ -390,11 +390,10 @@ def _with_command(spec: Spec, command: list[str]) -> Spec:
     """The spec with process.args replaced by the command given after `--`."""
     if not command:
         return spec
-    import dataclasses
+    from minirun.record import replace
 
     raw = {**spec.raw, "process": {**spec.raw["process"], "args": list(command)}}
-    return dataclasses.replace(spec, raw=raw,
-                               process=dataclasses.replace(spec.process, args=tuple(command)))
+    return replace(spec, raw=raw, process=replace(spec.process, args=tuple(command)))
 
 
 def _bundle_and_id(args: argparse.Namespace) -> tuple[str, str]:

@@ -10,7 +10,6 @@ init process forks once more, exactly as for ``run``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 
@@ -87,7 +86,7 @@ def _process_spec(args: argparse.Namespace, bundle: str) -> Spec:
             caps[name] = list(caps.get(name, [])) + list(args.cap)
         process["capabilities"] = caps
     document = {**spec.raw, "process": process}
-    return dataclasses.replace(parse(document, bundle, spec.file))
+    return parse(document, bundle, spec.file)
 
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 from minirun.errors import ConfigError, MiniRunError
 from minirun.log import get as get_logger
+from minirun.record import record
 
 TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "post
          "poststop")
 
 
-@dataclass(frozen=True)
+@record
 class Hook:
     kind: str
     index: int

@@ -14,11 +14,11 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
 
 from minirun import state as state_dir
 from minirun.errors import ConfigError, MiniRunError, UnsupportedError
 from minirun.log import get as get_logger
+from minirun.record import record
 from minirun.spec import Spec
 from minirun.stages import Stage
 from minirun.state import Container, ContainerError
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-@dataclass
+@record
 class CreateOptions:
     root: str
     bundle: str

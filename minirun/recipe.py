@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from minirun import hooks as hooks_module
 from minirun.errors import ConfigError, MiniRunError, SyscallError, UnsupportedError
@@ -28,6 +27,7 @@ from minirun.isolation import (
 from minirun.isolation import namespaces as namespaces_module
 from minirun.isolation.namespaces import Namespace, flag_names
 from minirun.isolation.overlay import Overlay
+from minirun.record import record
 from minirun.spec import Spec
 from minirun.stages import Stage
 
@@ -76,26 +76,33 @@ class Context:
         self.env: dict[str, str] = dict(os.environ)
 
 
-@dataclass(frozen=True)
+@record
 class Step:
     stage: Stage
     text: str
     action: Callable[[Context], None]
 
 
-@dataclass
 class Recipe:
-    spec: Spec
-    stage: Stage
-    namespaces: frozenset[Namespace]
-    cgroup: str | None = None  # the container's cgroup directory on the host, if it has one
-    overlay: Overlay | None = None  # image layers to stack on the rootfs (image stage)
-    joins: tuple[tuple[Namespace, str], ...] = ()  # existing namespaces to enter (path)
-    preserve_fds: int = 0  # descriptors 3 .. 3+N-1 that the container keeps
-    no_pivot: bool = False  # MS_MOVE + chroot instead of pivot_root (a ramdisk root)
-    container_id: str = ""
-    hooks: dict[str, tuple[Hook, ...]] = field(default_factory=dict)
-    runtime_notes: list[str] = field(default_factory=list)  # what the runtime does, for explain
+    """The steps of one container, and what the runtime needs to know to carry them out."""
+
+    def __init__(self, spec: Spec, stage: Stage, namespaces: frozenset[Namespace],
+                 cgroup: str | None = None, overlay: Overlay | None = None,
+                 preserve_fds: int = 0, no_pivot: bool = False,
+                 container_id: str = "") -> None:
+        self.spec = spec
+        self.stage = stage
+        self.namespaces = namespaces
+        self.cgroup = cgroup  # the container's cgroup directory on the host, if it has one
+        self.overlay = overlay  # image layers to stack on the rootfs (image stage)
+        self.joins: tuple[tuple[Namespace, str], ...] = ()  # existing namespaces (path)
+        self.preserve_fds = preserve_fds  # descriptors 3 .. 3+N-1 the container keeps
+        self.no_pivot = no_pivot  # MS_MOVE + chroot instead of pivot_root (ramdisk root)
+        self.container_id = container_id
+        self.hooks: dict[str, tuple[Hook, ...]] = {}
+        self.runtime_notes: list[str] = []  # what the runtime does, for explain
+        self.steps: list[Step] = []
+        self.left_out: list[str] = []
 
     def runtime_hooks(self) -> tuple[Hook, ...]:
         """The hooks the runtime itself runs once the container's namespaces exist."""
@@ -104,8 +111,6 @@ class Recipe:
     def hook_state(self, status: str, pid: int) -> dict[str, object]:
         return hooks_module.state(self.container_id, status, pid, self.spec.bundle,
                                   self.spec.raw.get("annotations") or {})
-    steps: list[Step] = field(default_factory=list)
-    left_out: list[str] = field(default_factory=list)
 
     def add(self, stage: Stage, text: str, action: Callable[[Context], None]) -> None:
         self.steps.append(Step(stage, text, action))

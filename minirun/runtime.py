@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 
 from minirun.errors import MiniRunError, SyscallError, from_wire
@@ -28,6 +27,7 @@ from minirun.isolation.namespaces import Namespace
 from minirun.isolation.process import reset_signals
 from minirun.log import get as get_logger
 from minirun.recipe import Context, Recipe
+from minirun.record import record
 
 log = get_logger(__name__)
 
@@ -44,7 +44,7 @@ class Aborted(MiniRunError):
         self.exit_code = 128 + signum
 
 
-@dataclass
+@record
 class Launch:
     """How the container is started: in the foreground (``run``), or created and left
     blocked until ``minirun start`` (``create``, ``run --detach``), or joined (``exec``)."""
@@ -55,15 +55,18 @@ class Launch:
     on_pid: Callable[[int], None] | None = None  # told the container's host pid
 
 
-@dataclass
 class Hooks:
     """What the runtime does around the container, on the host (the cgroup manager)."""
 
-    place: Callable[[int], None] | None = None   # put the container process into a cgroup
-    cgroup: str | None = None                     # that cgroup's directory
-    cleanup: Callable[[], None] | None = None
-    disarm: Callable[[], None] | None = None  # keep the cgroup after a successful create
-    oom_killed: Callable[[], bool] | None = None
+    def __init__(self, place: Callable[[int], None] | None = None, cgroup: str | None = None,
+                 cleanup: Callable[[], None] | None = None,
+                 disarm: Callable[[], None] | None = None,
+                 oom_killed: Callable[[], bool] | None = None) -> None:
+        self.place = place  # put the container process into a cgroup
+        self.cgroup = cgroup  # that cgroup's directory
+        self.cleanup = cleanup
+        self.disarm = disarm  # keep the cgroup after a successful create
+        self.oom_killed = oom_killed
 
 
 class _Pipes:

@@ -1,4 +1,4 @@
-"""The bundle and its config.json, read into frozen dataclasses.
+"""The bundle and its config.json, read into immutable records (minirun.record).
 
 Every value is checked where it is read; a problem names the file, the JSON path of the field
 and what is wrong (``config.json: process.cwd: must be an absolute path, got 'tmp'``). The
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 
 from minirun.errors import ConfigError
 from minirun.isolation.namespaces import Namespace
+from minirun.record import record
 
 TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ MAX_CONFIG_BYTES = 4 << 20
 CAPABILITY_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 
-@dataclass(frozen=True)
+@record
 class User:
     uid: int = 0
     gid: int = 0
@@ -32,14 +32,14 @@ class User:
     additional_gids: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Rlimit:
     type: str
     soft: int
     hard: int
 
 
-@dataclass(frozen=True)
+@record
 class Process:
     args: tuple[str, ...]
     cwd: str
@@ -52,7 +52,7 @@ class Process:
     oom_score_adj: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class MountEntry:
     destination: str
     type: str | None
@@ -65,21 +65,21 @@ class MountEntry:
         return f"mounts[{self.index}]"
 
 
-@dataclass(frozen=True)
+@record
 class IdMapping:
     container_id: int
     host_id: int
     size: int
 
 
-@dataclass(frozen=True)
+@record
 class NamespaceEntry:
     kind: Namespace
     path: str | None
     index: int
 
 
-@dataclass(frozen=True)
+@record
 class Spec:
     bundle: str
     file: str
@@ -98,7 +98,7 @@ class Spec:
     sysctl: dict[str, str]
     resources: dict[str, Any]
     cgroups_path: str | None
-    raw: dict[str, Any] = field(repr=False)
+    raw: dict[str, Any]
 
     def asks_for_limits(self) -> bool:
         """Whether ``linux.resources`` sets any limit (device rules alone are not limits)."""

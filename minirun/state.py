@@ -20,7 +20,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from minirun.errors import MiniRunError
 
@@ -56,11 +55,11 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-@dataclass
 class Container:
-    root: str
-    id: str
-    data: dict[str, Any]
+    def __init__(self, root: str, container_id: str, data: dict[str, Any]) -> None:
+        self.root = root
+        self.id = container_id
+        self.data = data
 
     @property
     def dir(self) -> str:

@@ -46,11 +46,11 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from minirun.errors import ConfigError, MiniRunError, SyscallError, UnsupportedError
 from minirun.log import get as get_logger
+from minirun.record import record
 
 TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class CgroupMode(enum.Enum):
     NONE = "none"  # no cgroup file system at root
 
 
-@dataclass(frozen=True)
+@record
 class Cgroup2Host:
     """What :func:`probe` found at ``root``."""
 
@@ -104,7 +104,7 @@ class Cgroup2Host:
         return f"{self.root} is not a cgroup file system ({self.root_fstype or 'not mounted'})"
 
 
-@dataclass(frozen=True)
+@record
 class _Mount:
     mount_point: Path
     fstype: str

@@ -11,7 +11,6 @@ first call, so read-only and similar flags are applied by a second, remounting c
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from minirun.errors import MiniRunError
 from minirun.isolation import paths, syscalls
@@ -25,6 +24,7 @@ from minirun.isolation.syscalls import (
     MS_UNBINDABLE,
     describe_mount_flags,
 )
+from minirun.record import record
 
 # option -> (flags to set, flags to clear)
 _FLAG_OPTIONS: dict[str, tuple[int, int]] = {
@@ -66,7 +66,7 @@ def known_options() -> set[str]:
     return set(_FLAG_OPTIONS) | set(_PROPAGATION_OPTIONS)
 
 
-@dataclass(frozen=True)
+@record
 class MountPlan:
     """One mount, ready to carry out. ``source`` is a host path for binds."""
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from minirun.errors import MiniRunError
 from minirun.isolation import syscalls
+from minirun.record import record
 
 # The whole option string must fit in one page (mount(2) copies at most PAGE_SIZE of data).
 MAX_OPTIONS = 4095
 
 
-@dataclass(frozen=True)
+@record
 class Overlay:
     lowerdirs: tuple[str, ...]  # top-most first
     upperdir: str
