@@ -18,7 +18,7 @@ from typing import IO, Protocol
 from minirun.errors import EXIT_USAGE, MiniRunError
 
 # Algorithm -> encoded form, from image-spec descriptor.md ("Registered algorithms").
-_ENCODED = {
+ENCODED = {
     "sha256": re.compile(r"[a-f0-9]{64}"),
     "sha512": re.compile(r"[a-f0-9]{128}"),
 }
@@ -54,11 +54,11 @@ def parse_digest(value: object, where: str) -> Digest:
     if not isinstance(value, str):
         raise DigestError(f"{where}: digest must be a string, not {type(value).__name__}")
     algorithm, sep, encoded = value.partition(":")
-    pattern = _ENCODED.get(algorithm)
+    pattern = ENCODED.get(algorithm)
     if not sep or pattern is None:
         raise DigestError(
             f"{where}: digest {value[:80]!r} uses an unsupported algorithm "
-            f"(only {', '.join(_ENCODED)} are accepted)"
+            f"(only {', '.join(ENCODED)} are accepted)"
         )
     if not pattern.fullmatch(encoded):
         raise DigestError(

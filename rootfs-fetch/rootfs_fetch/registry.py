@@ -40,6 +40,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from minirun.errors import ConfigError, MiniRunError, UnsupportedError
 
+from .digest import ENCODED
+
 if TYPE_CHECKING:
     import http.client
 
@@ -80,7 +82,7 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 
 # image-spec descriptor.md: the encoded part per registered algorithm.
-_DIGEST = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
+_DIGEST = ENCODED  # the image-spec digest grammar, shared with the layout reader
 # distribution-spec: repository path components and tags.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
