@@ -338,12 +338,17 @@ def _run_spec(args: argparse.Namespace, spec: Spec, stage: Stage, container_id: 
     from minirun import runtime
     from minirun.cgroup_setup import hooks_for
 
-    # Refuse a bad or unsupported config before the cgroup probe warns about anything.
-    recipe_module.build(spec, stage, None, overlay)
+    def build(cgroup: str | None) -> recipe_module.Recipe:
+        return recipe_module.build(spec, stage, cgroup, overlay, no_pivot=args.no_pivot,
+                                   preserve_fds=args.preserve_fds, container_id=container_id)
+
+    # Built first without a cgroup, so a bad or unsupported config is refused before the
+    # cgroup probe warns about anything; built again only if the container got a cgroup
+    # (its mounts and first steps depend on it).
+    recipe = build(None)
     hooks = hooks_for(spec, stage, container_id)
-    recipe = recipe_module.build(spec, stage, hooks.cgroup, overlay,
-                                 no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
-                                 container_id=container_id)
+    if hooks.cgroup is not None:
+        recipe = build(hooks.cgroup)
     for item in recipe.left_out:
         log.info("stage %s leaves out %s", stage.label, item)
     launch = runtime.Launch()
