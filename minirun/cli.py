@@ -423,16 +423,12 @@ def _bundle_and_id(args: argparse.Namespace) -> tuple[str, str]:
         bundle = "."
         container_id = target[0] if target else ""
     container_id = container_id or f"minirun-{os.getpid()}"
-    if not valid_id(container_id):
+    from minirun.state import valid_id
+
+    if not valid_id(container_id, longest=128):
         raise ConfigError("command line", "ID", f"{container_id!r} is not a valid container "
                           "id (letters, digits, and _ . + - after the first character)")
     return bundle, container_id
-
-
-def valid_id(text: str) -> bool:
-    """Letters and digits, then also _ . + -; at most 128 characters (no regex: start-up)."""
-    return (0 < len(text) <= 128 and text[0].isascii() and text[0].isalnum()
-            and all(c.isascii() and (c.isalnum() or c in "_.+-") for c in text))
 
 
 def _create(args: argparse.Namespace, bundle: str | None = None,

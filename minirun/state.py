@@ -17,7 +17,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 
@@ -30,15 +29,20 @@ if TYPE_CHECKING:
 DEFAULT_ROOT = "/run/minirun"
 STATE = "state.json"
 FIFO = "exec.fifo"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}$")
 
 
 class ContainerError(MiniRunError):
     """An id that does not exist or already exists, or a command the status does not allow."""
 
 
+def valid_id(text: str, longest: int = 1024) -> bool:
+    """Letters and digits, then also _ . + -; no path separator, no newline."""
+    return (0 < len(text) <= longest and text[0].isascii() and text[0].isalnum()
+            and all(c.isascii() and (c.isalnum() or c in "_.+-") for c in text))
+
+
 def check_id(container_id: str) -> None:
-    if not _ID.match(container_id):
+    if not valid_id(container_id):
         raise ContainerError(f"{container_id!r} is not a valid container id (letters, digits "
                              "and _ . + - after the first character)")
 
