@@ -353,10 +353,10 @@ def _run_spec(args: argparse.Namespace, spec: Spec, stage: Stage, container_id: 
         log.info("stage %s leaves out %s", stage.label, item)
     launch = runtime.Launch()
     if args.pid_file:  # in the foreground too, as runc writes it
-        from minirun.lifecycle import _write_pid_file
+        from minirun.lifecycle import write_pid_file
 
         pid_file = args.pid_file
-        launch = runtime.Launch(on_pid=lambda pid: _write_pid_file(pid_file, pid))
+        launch = runtime.Launch(on_pid=lambda pid: write_pid_file(pid_file, pid))
     return runtime.run(recipe, hooks, launch)
 
 

@@ -31,7 +31,7 @@ def execute(args: argparse.Namespace) -> int:
     joins = tuple((Namespace.from_oci(name), f"/proc/{container.pid}/ns/"
                    f"{Namespace.from_oci(name).proc_name}")
                   for name in container.data.get("namespaces", []))
-    console = lifecycle._connect_console(args.console_socket) if spec.process.terminal else -1
+    console = lifecycle.connect_console(args.console_socket) if spec.process.terminal else -1
     steps = recipe.build_process(spec, console=console >= 0, detach=args.detach,
                                  cgroup=container.cgroup)
     hooks = runtime.Hooks()
@@ -41,7 +41,7 @@ def execute(args: argparse.Namespace) -> int:
 
     def record(pid: int) -> None:
         if args.pid_file:
-            lifecycle._write_pid_file(args.pid_file, pid)
+            lifecycle.write_pid_file(args.pid_file, pid)
 
     launch = runtime.Launch(detach=args.detach, join=joins, console=console, on_pid=record)
     return runtime.run(steps, hooks, launch)

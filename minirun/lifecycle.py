@@ -56,7 +56,7 @@ def create(options: CreateOptions) -> int:
         fifo = container.fifo
         os.mkfifo(fifo, 0o622)
         hooks = hooks_for(spec, options.stage, options.container_id)
-        console = _connect_console(options.console_socket) if spec.process.terminal else -1
+        console = connect_console(options.console_socket) if spec.process.terminal else -1
         recipe = recipe_module.build(spec, options.stage, hooks.cgroup, fifo=fifo,
                                      console=console >= 0, no_pivot=options.no_pivot,
                                      preserve_fds=options.preserve_fds,
@@ -68,7 +68,7 @@ def create(options: CreateOptions) -> int:
             container.data["pidStart"] = _start_time(pid)
             container.save()
             if options.pid_file:
-                _write_pid_file(options.pid_file, pid)
+                write_pid_file(options.pid_file, pid)
 
         launch = runtime.Launch(detach=True, console=console, on_pid=record)
         runtime.run(recipe, hooks, launch)
@@ -91,14 +91,14 @@ def _start_time(pid: int) -> int | None:
     return state_dir.process_start_time(pid)
 
 
-def _write_pid_file(path: str, pid: int) -> None:
+def write_pid_file(path: str, pid: int) -> None:
     temporary = f"{path}.{os.getpid()}.tmp"
     with open(temporary, "w") as stream:
         stream.write(str(pid))
     os.rename(temporary, path)
 
 
-def _connect_console(path: str | None) -> int:
+def connect_console(path: str | None) -> int:
     if not path:
         raise UnsupportedError("process.terminal is set: give --console-socket PATH")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
