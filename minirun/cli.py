@@ -9,7 +9,7 @@ import sys
 from types import ModuleType
 
 from minirun import log as minilog
-from minirun.errors import EXIT_USAGE, ConfigError, MiniRunError, UnsupportedError
+from minirun.errors import ConfigError, MiniRunError, UnsupportedError
 from minirun.stages import Stage, names
 
 TYPE_CHECKING = False  # typing itself costs start-up time; mypy still reads this
@@ -550,4 +550,3 @@ def _stages(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["EXIT_USAGE", "main"]

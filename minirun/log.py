@@ -115,9 +115,6 @@ class Log:
     def exception(self, message: str, *args: object) -> None:
         self._emit(ERROR, message, args, exc_info=True)
 
-    def enabled(self, level: int) -> bool:
-        return level >= settings.level
-
 
 def get(name: str) -> Log:
     return Log(name)

@@ -10,7 +10,6 @@ container even if minirun is killed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from minirun.errors import MiniRunError
 from minirun.isolation import syscalls
@@ -48,6 +47,3 @@ def mount(overlay: Overlay, target: str) -> None:
         os.makedirs(path, mode=0o755, exist_ok=True)
     syscalls.mount("overlay", target, "overlay", 0, overlay.options())
 
-
-def lowerdirs(paths: Sequence[os.PathLike[str] | str]) -> tuple[str, ...]:
-    return tuple(os.fspath(p) for p in paths)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 
 from minirun.errors import MiniRunError, SyscallError
 from minirun.isolation import syscalls
@@ -93,10 +92,6 @@ def make_file(root_fd: int, path: str) -> int:
         finally:
             os.close(parent_fd)
     raise SyscallError("open", f"{path} (inside the rootfs)", errno.ELOOP)
-
-
-def is_dir(fd: int) -> bool:
-    return stat.S_ISDIR(os.fstat(fd).st_mode)
 
 
 def fd_path(fd: int) -> str:

@@ -88,7 +88,6 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_CHILD_SUBREAPER = 36
-CLOSE_RANGE_CLOEXEC = 4
 
 
 def describe_mount_flags(flags: int) -> str:
@@ -170,17 +169,14 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     return int(fd)
 
 
-def close_from(first: int, keep: Iterable[int] = (), *, cloexec: bool = False) -> None:
-    """Close (or mark close-on-exec) every descriptor from ``first`` up but ``keep``
-    (close_range(2))."""
-    flags = CLOSE_RANGE_CLOEXEC if cloexec else 0
+def close_from(first: int, keep: Iterable[int] = ()) -> None:
+    """Close every descriptor from ``first`` up but those in ``keep`` (close_range(2))."""
     kept = sorted(fd for fd in keep if fd >= first)
     start = first
     for fd in [*kept, None]:
         end = (fd - 1) if fd is not None else 0xFFFFFFFF
         if start <= end and _libc.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(start),
-                                          ctypes.c_uint(end),
-                                          ctypes.c_uint(flags)) != 0:
-            raise _fail("close_range", f"{start}, {end}, {'CLOSE_RANGE_CLOEXEC' if flags else 0}")
+                                          ctypes.c_uint(end), ctypes.c_uint(0)) != 0:
+            raise _fail("close_range", f"{start}, {end}, 0")
         if fd is not None:
             start = fd + 1
